@@ -1,0 +1,60 @@
+"""Weights files: a flat ``.npz`` of arrays keyed by the variable's path inside the model.
+
+Paths drop the model's own name, so a file written by one instance loads into any other.
+Large arrays are stored as float16 (halves the shipped size; the loss in PSNR is below
+0.01 dB), small ones (GDN, densities) as float32 where float16 would underflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+FLOAT16_MIN_SIZE = 4096
+
+
+def _key(path: str) -> str:
+    return path.split("/", 1)[1] if "/" in path else path
+
+
+def weights_to_arrays(model: object, compact: bool = True) -> dict[str, np.ndarray]:
+    arrays = {}
+    for variable in model.weights:
+        value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+        if compact and value.dtype == np.float32 and value.size >= FLOAT16_MIN_SIZE:
+            value = value.astype(np.float16)
+        arrays[_key(variable.path)] = value
+    return arrays
+
+
+def save_weights(model: object, path: str | Path, compact: bool = True) -> None:
+    """Write the model's weights; written to memory first so a failure leaves no partial file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **weights_to_arrays(model, compact))
+    tmp = Path(f"{path}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def assign_weights(model: object, arrays: dict[str, np.ndarray]) -> None:
+    """Set every model variable from ``arrays``; any missing or misshaped array is an error."""
+    for variable in model.weights:
+        key = _key(variable.path)
+        if key not in arrays:
+            raise ValueError(f"weights file has no array for {key!r}")
+        value = arrays[key]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{key}: shape {value.shape} != model's {tuple(variable.shape)}")
+        variable.assign(value.astype(variable.dtype))
+
+
+def file_sha256(path: str | Path) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()

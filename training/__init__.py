@@ -1,0 +1,1 @@
+"""Training, evaluation and export of the models that ship inside ``pillow_kae``."""

@@ -1,0 +1,77 @@
+"""python -m training {train,export} ..."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train or resume a model run")
+    train.add_argument("--data", nargs="+", required=True, help="image folders")
+    train.add_argument(
+        "--weights", type=float, nargs="+", help="sampling weight of each --data folder"
+    )
+    train.add_argument("--lmbda", type=float, required=True, help="rate-distortion trade-off")
+    train.add_argument("--steps", type=int, required=True)
+    train.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    train.add_argument("--patch", type=int, default=192)
+    train.add_argument("--batch", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    train.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    train.add_argument("--init", default=None, help="weights .npz to warm-start from")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    train.add_argument("--steps-per-epoch", type=int, default=100)
+    train.add_argument("--channels", type=int, default=128)
+    train.add_argument("--latent-channels", type=int, default=192)
+    train.add_argument("--hyper-channels", type=int, default=128)
+
+    export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
+    export.add_argument("run")
+    export.add_argument("--name", required=True)
+    export.add_argument("--kodak", default="../shared/data/kodak", help="evaluation images")
+    export.add_argument("--max-images", type=int, default=None)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout
+    )
+    if args.command == "train":
+        from training.train import TrainConfig, train
+
+        config = TrainConfig(
+            data=args.data,
+            weights=args.weights,
+            lmbda=args.lmbda,
+            steps=args.steps,
+            out=args.out,
+            patch=args.patch,
+            batch=args.batch,
+            lr=args.lr,
+            minutes=args.minutes,
+            init=args.init,
+            seed=args.seed,
+            workers=args.workers,
+            steps_per_epoch=args.steps_per_epoch,
+            arch={
+                "channels": args.channels,
+                "latent_channels": args.latent_channels,
+                "hyper_channels": args.hyper_channels,
+            },
+        )
+        train(config)
+    else:
+        from training.export import export
+
+        export(args.run, args.name, kodak=args.kodak, max_images=args.max_images)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

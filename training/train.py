@@ -1,0 +1,175 @@
+"""Rate-distortion training of the mean-scale hyperprior: loss = lambda * 255^2 * MSE + bpp.
+
+Backend-agnostic (plain ``model.fit``), so the same code trains on the CPU under TensorFlow
+and on a lent accelerator under ``KERAS_BACKEND=jax``. A run directory holds the latest
+weights and its progress, so a run resumes where it stopped; ``--minutes`` bounds wall time
+and the learning-rate schedule follows whichever of steps or time runs out first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pillow_kae.models import MeanScaleHyperprior
+from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
+from training.data import list_images, load_images, random_crops
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.npz"
+STATE = "state.json"
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    lmbda: float
+    steps: int
+    out: str
+    patch: int = 192
+    batch: int = 16
+    lr: float = 1e-4
+    final_lr_ratio: float = 0.05
+    warmup: float = 0.02
+    minutes: float | None = None
+    steps_per_epoch: int = 100
+    init: str | None = None
+    seed: int = 0
+    workers: int = 1
+    scale_range: tuple[float, float] = (0.5, 0.85)
+    weights: list[float] | None = None
+    arch: dict = field(default_factory=dict)
+
+
+def _rate_loss(y_true: object, y_pred: object) -> object:
+    """The model already outputs bits per pixel; the 'loss' is that value itself."""
+    return y_pred
+
+
+def _batches(crops: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    for x in crops:
+        yield x, {"x_hat": x, "bpp": np.zeros((x.shape[0],), np.float32)}
+
+
+class _Progress(keras.callbacks.Callback):
+    """Schedules the learning rate, logs PSNR/bpp, checkpoints, and stops on the time budget."""
+
+    def __init__(self, config: TrainConfig, run: Path, start_step: int) -> None:
+        super().__init__()
+        self.config = config
+        self.run = run
+        self.step = start_step
+        self.start = time.monotonic()
+        self.budget = None if config.minutes is None else config.minutes * 60.0
+        self.steps_at_start = start_step
+        self.last_save = self.start
+
+    def progress(self) -> float:
+        done = self.step / self.config.steps
+        if self.budget is not None:
+            done = max(done, (time.monotonic() - self.start) / self.budget)
+        return min(done, 1.0)
+
+    def learning_rate(self) -> float:
+        c, p = self.config, self.progress()
+        if p < c.warmup:
+            return c.lr * max(p / c.warmup, 0.01)
+        cosine = 0.5 * (1 + math.cos(math.pi * (p - c.warmup) / (1 - c.warmup)))
+        return c.lr * (c.final_lr_ratio + (1 - c.final_lr_ratio) * cosine)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.optimizer.learning_rate = self.learning_rate()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.step += self.config.steps_per_epoch
+        mse = logs.get("x_hat_loss", float("nan"))  # Keras logs the unweighted MSE
+        psnr = -10 * math.log10(max(mse, 1e-12))
+        elapsed = time.monotonic() - self.start
+        log.info(
+            "step %d lr %.2e loss %.4f bpp %.4f psnr %.2f (%.1f steps/s)",
+            self.step,
+            float(self.learning_rate()),
+            logs.get("loss", float("nan")),
+            logs.get("bpp_loss", float("nan")),
+            psnr,
+            (self.step - self.steps_at_start) / max(elapsed, 1e-9),
+        )
+        finished = self.step >= self.config.steps or self.progress() >= 1.0
+        if finished or time.monotonic() - self.last_save > 120:
+            self.save()
+        if finished:
+            self.model.stop_training = True
+
+    def save(self) -> None:
+        save_weights(self.model, self.run / CHECKPOINT)
+        state = {"step": self.step, "config": asdict(self.config)}
+        (self.run / STATE).write_text(json.dumps(state, indent=2))
+        self.last_save = time.monotonic()
+
+
+def build_model(arch: dict) -> MeanScaleHyperprior:
+    model = MeanScaleHyperprior(**arch)
+    model.build()
+    return model
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) the run in ``config.out``; returns the run directory."""
+    run = Path(config.out)
+    run.mkdir(parents=True, exist_ok=True)
+    start_step = 0
+    if (run / CHECKPOINT).exists():
+        start_step = int(json.loads((run / STATE).read_text())["step"])
+    if start_step >= config.steps:
+        log.info("run already has %d of %d steps", start_step, config.steps)
+        return run
+    groups = [
+        load_images(
+            list_images([folder]),
+            min_side=config.patch,
+            scale_range=config.scale_range,
+            seed=config.seed + start_step,
+            workers=config.workers,
+        )
+        for folder in config.data
+    ]
+    crops = random_crops(
+        groups, config.patch, config.batch, config.weights, seed=config.seed + start_step
+    )
+
+    keras.utils.set_random_seed(config.seed + start_step)
+    model = build_model(config.arch)
+    if start_step:
+        assign_weights(model, load_arrays(run / CHECKPOINT))
+        log.info("resuming %s at step %d", run, start_step)
+    elif config.init:
+        assign_weights(model, load_arrays(config.init))
+        log.info("warm start from %s", config.init)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
+        loss={"x_hat": "mse", "bpp": _rate_loss},
+        loss_weights={"x_hat": config.lmbda * 255**2, "bpp": 1.0},
+    )
+    progress = _Progress(config, run, start_step)
+    first_epoch = start_step // config.steps_per_epoch
+    epochs = math.ceil(config.steps / config.steps_per_epoch)
+    model.fit(
+        _batches(crops),
+        steps_per_epoch=config.steps_per_epoch,
+        initial_epoch=first_epoch,
+        epochs=epochs,
+        callbacks=[progress],
+        verbose=0,
+    )
+    progress.save()
+    return run
