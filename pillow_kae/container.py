@@ -51,6 +51,7 @@ FORMAT_VERSION = 1
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
+MAX_GAIN_STEP = 63  # |gain step|: steps along the 64-entry scale table
 
 #: Largest data length a single chunk may declare (PNG's limit).
 MAX_CHUNK_LENGTH = 2**31 - 1
@@ -119,7 +120,7 @@ class Header:
     hyper_channels: int
     stride: int
     hyper_stride: int
-    gain: int
+    gain_step: int
 
     def __post_init__(self) -> None:
         _check_int("width", self.width, 1, MAX_DIMENSION)
@@ -142,7 +143,7 @@ class Header:
         _check_int("hyper channels", self.hyper_channels, 1, 0xFFFF)
         _check_int("stride", self.stride, 1, 0xFF)
         _check_int("hyper stride", self.hyper_stride, 1, 0xFF)
-        _check_int("gain", self.gain, 1, 0xFFFF)
+        _check_int("gain step", self.gain_step, -MAX_GAIN_STEP, MAX_GAIN_STEP)
 
     @property
     def tile_grid(self) -> tuple[int, int]:
@@ -173,14 +174,14 @@ class Header:
                 name,
                 self.weights_hash,
                 struct.pack(
-                    ">BHHHBBH",
+                    ">BHHHBBh",
                     self.quality,
                     self.tile_size,
                     self.latent_channels,
                     self.hyper_channels,
                     self.stride,
                     self.hyper_stride,
-                    self.gain,
+                    self.gain_step,
                 ),
             )
         )
@@ -214,8 +215,8 @@ class Header:
         mode = ascii_field("mode")
         model_name = ascii_field("model name")
         weights_hash = take(_HASH_LENGTH, "weights hash")
-        quality, tile_size, latent, hyper, stride, hyper_stride, gain = struct.unpack(
-            ">BHHHBBH", take(11, "coding parameters")
+        quality, tile_size, latent, hyper, stride, hyper_stride, gain_step = struct.unpack(
+            ">BHHHBBh", take(11, "coding parameters")
         )
         if offset != len(view):
             raise KaeFormatError(f"KHDR has {len(view) - offset} unexpected trailing bytes")
@@ -231,7 +232,7 @@ class Header:
             hyper_channels=hyper,
             stride=stride,
             hyper_stride=hyper_stride,
-            gain=gain,
+            gain_step=gain_step,
         )
 
 

@@ -42,7 +42,7 @@ def make_header(**overrides: object) -> Header:
         "hyper_channels": 128,
         "stride": 16,
         "hyper_stride": 4,
-        "gain": 1024,
+        "gain_step": 0,
     }
     fields.update(overrides)
     return Header(**fields)  # type: ignore[arg-type]
@@ -440,7 +440,7 @@ def test_dumps_refuses_inconsistent_file() -> None:
         ({"hyper_channels": 0}, "hyper channels"),
         ({"stride": 0}, "stride"),
         ({"hyper_stride": 256}, "hyper stride"),
-        ({"gain": 0}, "gain"),
+        ({"gain_step": 64}, "gain step"),
         ({"width": True}, "width"),
     ],
 )

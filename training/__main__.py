@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--name", required=True)
     export.add_argument("--kodak", default="../shared/data/kodak", help="evaluation images")
     export.add_argument("--max-images", type=int, default=None)
+    export.add_argument("--data-note", default=None, help="describe the training data")
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -69,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from training.export import export
 
-        export(args.run, args.name, kodak=args.kodak, max_images=args.max_images)
+        export(
+            args.run,
+            args.name,
+            kodak=args.kodak,
+            data_note=args.data_note,
+            max_images=args.max_images,
+        )
     return 0
 
 

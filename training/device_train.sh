@@ -3,6 +3,7 @@
 # Expects wheels for keras (+ namex, optree) in .whl/ and training photos in data_bundle/
 # (see training/README.md); writes each run directory under $OUT.
 # Usage: MINUTES=7 bash training/device_train.sh [name:lambda ...]
+# DATA=dir (holding bsds/ and cats/) and INIT=dir (holding NAME/checkpoint.npz to warm-start).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -13,7 +14,10 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9/${#specs[@]}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for spec in "${specs[@]}"; do
     name=${spec%%:*}
-    python3 -m training train --data data_bundle/bsds data_bundle/cats --weights 0.4 0.6 \
+    init=()
+    [ -n "${INIT:-}" ] && init=(--init "$INIT/$name/checkpoint.npz")
+    python3 -m training train "${init[@]}" --data "${DATA:-data_bundle}/bsds" \
+        "${DATA:-data_bundle}/cats" --weights 0.4 0.6 \
         --lmbda "${spec##*:}" --steps "${STEPS:-1000000}" --minutes "${MINUTES:-7}" \
         --out "$OUT/$name" --lr "${LR:-3e-4}" --workers 5 --patch "${PATCH:-192}" \
         --batch "${BATCH:-16}" --steps-per-epoch "${SPE:-200}" 2>&1 \

@@ -115,10 +115,7 @@ class MeanScaleHyperprior(keras.Model):
         """x in [0, 1], (B, H, W, 3) with H, W multiples of 64 -> {'x_hat', 'bpp'}."""
         y = self.g_a(x)
         z = self.h_a(y)
-        if training:
-            z_rate = z + self._noise(z)
-        else:
-            z_rate = ops.round(z)
+        z_rate = z + self._noise(z) if training else ops.round(z)
         z_hat = _ste_round(z)
         means, log_scales = self.split_params(self.h_s(z_hat))
         scales = scales_from_log(log_scales)

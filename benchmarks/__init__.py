@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: rate-distortion against JPEG, speed, memory."""

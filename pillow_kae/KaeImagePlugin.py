@@ -1,0 +1,208 @@
+"""Pillow plugin for KAE (.kae), the learned lossy image format of pillow-kae.
+
+Shaped like Pillow's own format modules: ``_accept``, an ``ImageFile`` subclass that reads
+only the header on open, a decoder that runs the model on ``load()``, ``_save``, and the
+registration at the bottom. See docs/format.md for the container.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from pillow_kae import container
+from pillow_kae.zoo import quality as quality_ladder
+
+log = logging.getLogger(__name__)
+
+FORMAT = "KAE"
+MIME = "image/x-kae"
+DEFAULT_QUALITY = 75
+
+# Pillow mode -> how it is stored. Anything not here is refused.
+_SAVE_MODES = {
+    "RGB": "RGB",
+    "L": "L",
+    "RGBA": "RGBA",
+    "LA": "LA",
+    "1": "L",
+    "I;16": "L",
+    "I;16L": "L",
+    "I;16B": "L",
+    "I;16N": "L",
+    "I": "L",
+    "F": "L",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+    "RGBX": "RGB",
+    "PA": "RGBA",
+    "La": "LA",
+    "RGBa": "RGBA",
+}
+
+
+def _accept(prefix: bytes) -> bool:
+    return container.accept(prefix)
+
+
+class KaeImageFile(ImageFile.ImageFile):
+    format = FORMAT
+    format_description = "pillow-kae learned image"
+
+    def _open(self) -> None:
+        try:
+            header, metadata = container.read_header(self.fp)
+        except container.KaeFormatError as err:
+            raise SyntaxError(f"not a valid KAE file: {err}") from err
+        self._kae_header = header
+        self._mode = header.mode
+        self._size = (header.width, header.height)
+        self.info["kae_model"] = header.model_name
+        self.info["quality"] = header.quality
+        self.info.update(metadata)
+        self.tile = [ImageFile._Tile("kae", (0, 0, *self.size), 0, None)]
+
+
+class KaeDecoder(ImageFile.PyDecoder):
+    """Reads the whole file, decodes every tile with the model it names, restores the mode."""
+
+    _pulls_fd = True
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        assert self.fd is not None
+        self.fd.seek(0)
+        try:
+            kae = container.read(self.fd)
+        except container.KaeFormatError as err:
+            raise OSError(f"broken KAE file: {err}") from err
+        pixels = _decode_pixels(kae)
+        self.set_as_raw(pixels.tobytes(), self.mode)
+        return -1, 0
+
+
+def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
+    from pillow_kae import codec
+    from pillow_kae.zoo import loader
+
+    header = kae.header
+    try:
+        model = loader.load(header.model_name, header.weights_hash)
+    except ValueError as err:
+        raise OSError(
+            f"cannot decode KAE file: model {header.model_name!r} is not installed"
+        ) from err
+    if (header.latent_channels, header.hyper_channels) != (
+        model.latent_channels,
+        model.hyper_channels,
+    ) or (header.stride, header.hyper_stride) != (codec.STRIDE, codec.HYPER_STRIDE):
+        raise OSError(f"KAE header does not match model {header.model_name!r}")
+    rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
+    boxes = codec.tiles(header.width, header.height, header.tile_size)
+    for (left, top, right, bottom), payload in zip(boxes, kae.tiles, strict=True):
+        rgb[top:bottom, left:right] = codec.decode_tile(
+            model, payload, right - left, bottom - top, header.gain_step
+        )
+    color = Image.fromarray(rgb, "RGB")
+    if header.mode in ("L", "LA"):
+        color = color.convert("L")
+    if not header.has_alpha:
+        return np.asarray(color)
+    alpha = _decode_alpha(kae.alpha or b"", header.width, header.height)
+    return np.dstack([np.asarray(color).reshape(header.height, header.width, -1), alpha])
+
+
+def _decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as alpha:
+            if alpha.mode != "L" or alpha.size != (width, height):
+                raise OSError("KAE alpha plane has the wrong mode or size")
+            return np.asarray(alpha)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise OSError(f"broken KAE alpha plane: {err}") from err
+
+
+def _encode_alpha(alpha: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    alpha.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _to_storable(im: Image.Image) -> Image.Image:
+    """Convert to one of RGB, L, RGBA, LA as a Pillow user would expect, or refuse."""
+    mode = im.mode
+    if mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if mode not in _SAVE_MODES:
+        raise OSError(f"cannot write mode {mode} as KAE")
+    target = _SAVE_MODES[mode]
+    if mode.startswith("I;16"):
+        # 16-bit samples: keep the most significant byte instead of clipping at 255.
+        values = np.asarray(im, dtype=np.uint16) >> 8
+        return Image.fromarray(values.astype(np.uint8), "L")
+    return im if mode == target else im.convert(target)
+
+
+def _metadata(im: Image.Image, key: str) -> bytes | None:
+    value = im.encoderinfo.get(key, im.info.get(key))
+    if value is None or value == b"" or value == "":
+        return None
+    if isinstance(value, Image.Exif):
+        value = value.tobytes()
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, bytes | bytearray):
+        raise ValueError(f"{key} must be bytes or str, not {type(value).__name__}")
+    return bytes(value)
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    from pillow_kae import codec
+    from pillow_kae.zoo import loader
+
+    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
+    model_name, gain_step = quality_ladder.choose(
+        quality, im.encoderinfo.get("model"), im.encoderinfo.get("gain_step")
+    )
+    exif, icc, xmp = (_metadata(im, k) for k in ("exif", "icc_profile", "xmp"))
+    if im.width < 1 or im.height < 1:
+        raise ValueError("cannot write an empty image as KAE")
+    stored = _to_storable(im)
+    mode = stored.mode
+    model = loader.load(model_name)
+    rgb = np.asarray(stored.convert("RGB"))
+    header = container.Header(
+        width=im.width,
+        height=im.height,
+        mode=mode,
+        model_name=model.name,
+        weights_hash=model.card.digest,
+        quality=int(quality),
+        tile_size=codec.TILE_SIZE,
+        latent_channels=model.latent_channels,
+        hyper_channels=model.hyper_channels,
+        stride=codec.STRIDE,
+        hyper_stride=codec.HYPER_STRIDE,
+        gain_step=gain_step,
+    )
+    payloads = [
+        codec.encode_tile(model, rgb[top:bottom, left:right], gain_step)
+        for left, top, right, bottom in codec.tiles(im.width, im.height, codec.TILE_SIZE)
+    ]
+    alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
+    data = container.dumps(
+        container.KaeFile(header, payloads, alpha=alpha, exif=exif, icc_profile=icc, xmp=xmp)
+    )
+    fp.write(data)  # only once everything is encoded: a failed save writes nothing
+
+
+Image.register_open(FORMAT, KaeImageFile, _accept)
+Image.register_decoder("kae", KaeDecoder)
+Image.register_save(FORMAT, _save)
+Image.register_extension(FORMAT, ".kae")
+Image.register_mime(FORMAT, MIME)

@@ -1,0 +1,109 @@
+"""The hyper-synthesis transform h_s in exact integer arithmetic.
+
+The scale index that picks a coding table for each element of y must be the same at the
+encoder and at every decoder, or decoding turns into garbage (the failure CompressAI and
+tensorflow-compression users report across machines). So h_s runs here on integers:
+weights are rounded to WEIGHT_BITS fractional bits, activations to ACTIVATION_BITS, and
+each layer rounds its accumulator back with an integer shift.
+
+The convolutions run as float64 matrix products, which is exact and independent of the
+summation order because every operand and partial sum is an integer below 2**53 (checked
+by the bounds below), so BLAS, threads and FMA cannot change a single bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WEIGHT_BITS = 12
+ACTIVATION_BITS = 10
+ACTIVATION_LIMIT = 1 << 20  # |activation| as an integer
+WEIGHT_LIMIT = 1 << 15  # |weight| as an integer
+Z_LIMIT = ACTIVATION_LIMIT >> ACTIVATION_BITS  # z_hat is clipped to +-this before h_s
+EXACT_LIMIT = 1 << 53
+
+
+@dataclass(frozen=True)
+class IntConv:
+    """A k x k 'same' stride-1 convolution with integer weights, optionally depth-to-space."""
+
+    kernel: np.ndarray  # (k, k, cin, cout) float64 holding integers
+    bias: np.ndarray  # (cout,) int64, scaled by 2**(WEIGHT_BITS + ACTIVATION_BITS)
+    block: int  # 1, or the depth-to-space factor
+    relu: bool
+
+    def __post_init__(self) -> None:
+        k, _, cin, _ = self.kernel.shape
+        if np.abs(self.kernel).max(initial=0) > WEIGHT_LIMIT:
+            raise ValueError("fixed-point weight out of range")
+        worst = float(k * k * cin) * WEIGHT_LIMIT * ACTIVATION_LIMIT + np.abs(self.bias).max()
+        if worst >= EXACT_LIMIT:
+            raise ValueError("layer too wide for exact float64 accumulation")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: (H, W, cin) int64 activations -> (H*b, W*b, cout/b^2) int64 activations."""
+        k = self.kernel.shape[0]
+        pad = k // 2
+        height, width, cin = x.shape
+        padded = np.pad(x.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)))
+        acc = np.zeros((height * width, self.kernel.shape[3]), dtype=np.float64)
+        for dy in range(k):
+            for dx in range(k):
+                patch = padded[dy : dy + height, dx : dx + width].reshape(-1, cin)
+                acc += patch @ self.kernel[dy, dx]
+        total = acc.astype(np.int64) + self.bias
+        out = (total + (1 << (WEIGHT_BITS - 1))) >> WEIGHT_BITS
+        if self.relu:
+            out = np.maximum(out, 0)
+        out = np.clip(out, -ACTIVATION_LIMIT, ACTIVATION_LIMIT).reshape(height, width, -1)
+        if self.block > 1:
+            b = self.block
+            channels = out.shape[-1] // (b * b)
+            out = out.reshape(height, width, b, b, channels).transpose(0, 2, 1, 3, 4)
+            out = out.reshape(height * b, width * b, channels)
+        return out
+
+
+def quantize_conv(kernel: np.ndarray, bias: np.ndarray, block: int, relu: bool) -> IntConv:
+    """Float weights -> fixed point. Rounding float64 values is exact on every machine."""
+    kernel_int = np.rint(np.asarray(kernel, np.float64) * (1 << WEIGHT_BITS))
+    bias_int = np.rint(np.asarray(bias, np.float64) * (1 << (WEIGHT_BITS + ACTIVATION_BITS)))
+    return IntConv(kernel_int, bias_int.astype(np.int64), block, relu)
+
+
+class FixedPointHyperSynthesis:
+    """h_s of ``MeanScaleHyperprior`` (up0, ReLU, up1, ReLU, conv2), in integers."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], prefix: str = "h_s") -> None:
+        def get(name: str) -> np.ndarray:
+            return np.asarray(arrays[f"{prefix}/{name}"])
+
+        self.layers = [
+            quantize_conv(get("up0/conv/kernel"), get("up0/conv/bias"), 2, True),
+            quantize_conv(get("up1/conv/kernel"), get("up1/conv/bias"), 2, True),
+            quantize_conv(get("conv2/kernel"), get("conv2/bias"), 1, False),
+        ]
+
+    def __call__(self, z_hat: np.ndarray) -> np.ndarray:
+        """z_hat: (H, W, C) integers -> h_s output (4H, 4W, 2M) scaled by 2**ACTIVATION_BITS."""
+        x = np.clip(z_hat.astype(np.int64), -Z_LIMIT, Z_LIMIT) << ACTIVATION_BITS
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def scale_indices(log_scales: np.ndarray, thresholds: np.ndarray, shift: int = 0) -> np.ndarray:
+    """Table index per element: count of integer thresholds <= fixed-point log-scale, + shift.
+
+    ``shift`` moves along the geometric scale table; it is how a latent gain of
+    ratio**shift is applied without any floating-point math on the decoder's side.
+    """
+    index = np.searchsorted(thresholds, log_scales, side="right") + shift
+    return np.clip(index, 0, thresholds.size).astype(np.int64)
+
+
+def log_scale_thresholds_fixed(thresholds: np.ndarray) -> np.ndarray:
+    """Export-time: float log-domain thresholds -> the stored integer thresholds."""
+    return np.rint(np.asarray(thresholds, np.float64) * (1 << ACTIVATION_BITS)).astype(np.int64)

@@ -1,0 +1,62 @@
+"""The registry of shipped models: model cards (JSON) beside weights (.npz) in ``weights/``.
+
+Reading the registry never imports TensorFlow: ``Image.open``, ``kae info`` and
+``kae models`` only need the cards. ``load`` builds the Keras model when pixels are needed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+CARD_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a shipped model is, how it was made and what it measured."""
+
+    name: str
+    weights: str  # file name in WEIGHTS_DIR
+    sha256: str  # hex digest of the weights file; files name the model by it
+    arch: dict
+    lmbda: float
+    kind: str = "mean-scale-hyperprior"
+    training: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.weights
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.sha256)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelCard:
+        data = json.loads(path.read_text())
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+
+
+@cache
+def installed() -> dict[str, ModelCard]:
+    """Every model whose card is in WEIGHTS_DIR, by name."""
+    cards = [ModelCard.from_file(p) for p in sorted(WEIGHTS_DIR.glob(f"*{CARD_SUFFIX}"))]
+    return {card.name: card for card in cards}
+
+
+def card(name: str) -> ModelCard:
+    """The card of an installed model; an unknown name is a ValueError naming the choices."""
+    models = installed()
+    if name not in models:
+        choices = ", ".join(sorted(models)) or "none installed"
+        raise ValueError(f"unknown KAE model {name!r}; installed models: {choices}")
+    return models[name]

@@ -1,0 +1,62 @@
+"""``quality`` (1-100) -> (model, gain step).
+
+The ladder lists rate points in increasing order of bytes: each is a shipped model at a
+latent gain step. Quality spreads evenly over the ladder, so a lower quality never gives a
+larger file (on average; the steps were measured on Kodak by ``benchmarks/ladder.py``,
+which prints the figures this table was chosen from: every point is on the lower envelope
+of the shipped models and above JPEG's PSNR at the same bytes).
+"""
+
+from __future__ import annotations
+
+from pillow_kae.container import MAX_GAIN_STEP
+from pillow_kae.zoo import card, installed
+
+LADDER: tuple[tuple[str, int], ...] = (
+    ("kae-low", -8),
+    ("kae-low", -6),
+    ("kae-low", -4),
+    ("kae-low", -2),
+    ("kae-low", 0),
+    ("kae-mid", -5),
+    ("kae-mid", -3),
+    ("kae-mid", -1),
+    ("kae-mid", 1),
+    ("kae-high", -5),
+    ("kae-high", -4),
+)
+
+
+def _check_quality(quality: object) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an integer from 1 to 100, not {quality!r}")
+    return quality
+
+
+def ladder(model: str | None = None) -> list[tuple[str, int]]:
+    """The rate points available (of one model, if given), in increasing order of rate."""
+    models = installed()
+    points = [p for p in LADDER if p[0] in models and (model is None or p[0] == model)]
+    if model is not None and not points:
+        points = [(model, 0)]
+    if not points:
+        raise OSError("no KAE model is installed")
+    return points
+
+
+def choose(quality: object, model: str | None = None, gain_step: object = None) -> tuple[str, int]:
+    """Validate the save options and pick the rate point; unknown models are a ValueError."""
+    quality = _check_quality(quality)
+    if model is not None:
+        if not isinstance(model, str):
+            raise ValueError(f"model must be a model name, not {model!r}")
+        card(model)
+    points = ladder(model)
+    name, step = points[round((quality - 1) / 99 * (len(points) - 1))]
+    if gain_step is not None:
+        if isinstance(gain_step, bool) or not isinstance(gain_step, int):
+            raise ValueError(f"gain_step must be an integer, not {gain_step!r}")
+        if not -MAX_GAIN_STEP <= gain_step <= MAX_GAIN_STEP:
+            raise ValueError(f"gain_step must be from {-MAX_GAIN_STEP} to {MAX_GAIN_STEP}")
+        step = gain_step
+    return name, step

@@ -1,0 +1,97 @@
+"""Export a training run into ``pillow_kae/weights``: weights, coding tables, model card.
+
+The coding tables are computed here, once, in floating point, and stored as integers; the
+runtime never recomputes them. The card records the data, steps and lambda of the run and
+the rate-distortion the shipped file measures on Kodak through the real codec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pillow_kae.entropy_models.fixed_point import log_scale_thresholds_fixed
+from pillow_kae.entropy_models.gaussian_conditional import log_scale_thresholds, scale_table
+from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
+from pillow_kae.zoo import WEIGHTS_DIR, ModelCard, installed
+from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
+from pillow_kae.zoo.weights import assign_weights, load_arrays, weights_to_arrays
+from training.train import CHECKPOINT, STATE, build_model
+
+log = logging.getLogger(__name__)
+
+Z_SEARCH_RADIUS = 64
+Z_TAIL_MASS = 1e-6
+
+
+def z_tables(model: object) -> dict[str, np.ndarray]:
+    """Per-channel tables of the factorized prior, each trimmed to where its mass is."""
+    pmf = model.entropy_bottleneck.pmf(-Z_SEARCH_RADIUS, Z_SEARCH_RADIUS)
+    offsets, pmfs = [], []
+    for row in pmf:
+        cdf = np.cumsum(row)
+        low = int(np.searchsorted(cdf, Z_TAIL_MASS / 2))
+        high = int(np.searchsorted(cdf, cdf[-1] - Z_TAIL_MASS / 2))
+        high = min(max(high, low), row.size - 1)
+        offsets.append(low - Z_SEARCH_RADIUS)
+        pmfs.append(row[low : high + 1])
+    return stack_tables(offsets, pmfs).to_arrays(Z_TABLES)
+
+
+def export(
+    run: str | Path,
+    name: str,
+    kodak: str | Path | None = None,
+    data_note: str | None = None,
+    **eval_args: object,
+) -> Path:
+    """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path."""
+    run = Path(run)
+    state = json.loads((run / STATE).read_text())
+    config = state["config"]
+    model = build_model(config.get("arch", {}))
+    assign_weights(model, load_arrays(run / CHECKPOINT))
+
+    arrays = weights_to_arrays(model, compact=True)
+    arrays.update(z_tables(model))
+    arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
+    arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    data = buffer.getvalue()
+
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    weights_path = WEIGHTS_DIR / f"{name}.npz"
+    weights_path.write_bytes(data)
+    card = ModelCard(
+        name=name,
+        weights=weights_path.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        arch=config.get("arch", {}),
+        lmbda=float(config["lmbda"]),
+        training={
+            "steps": int(state["step"]),
+            "data": data_note or config["data"],
+            "patch": config.get("patch"),
+            "batch": config.get("batch"),
+        },
+    )
+    card_path = WEIGHTS_DIR / f"{name}.json"
+    card_path.write_text(card.to_json())
+    installed.cache_clear()
+    log.info("exported %s (%.1f MB)", name, len(data) / 1e6)
+
+    if kodak is not None and Path(kodak).is_dir():
+        from training.evaluate import evaluate_model
+
+        result = evaluate_model(name, kodak, **eval_args)
+        card = ModelCard(**{**card.__dict__, "evaluation": result})
+        card_path.write_text(card.to_json())
+        installed.cache_clear()
+        log.info("%s on %s: %s", name, kodak, result)
+    return card_path
