@@ -1,5 +1,5 @@
 # pillow-kae developer tasks. Every target that runs Python first makes sure
-# .venv exists and has the project installed (editable, with dev + train extras).
+# .venv exists and has the project installed (editable, with the dev extra; training adds .[train]).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +15,7 @@ venv: $(STAMP)
 # Re-run pip only when pyproject.toml changes (or the venv is missing).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev,train]'
+	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
 demo: $(STAMP)

@@ -8,13 +8,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from training.evaluate import psnr
+
 QUALITIES = tuple(range(1, 101))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 arrays (RGB), peak 255."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
@@ -34,12 +30,11 @@ def _curve(key: bytes, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         sizes.append(len(data))
         psnrs.append(psnr(reference, decoded))
-    order = np.argsort(sizes, kind="stable")
-    return np.asarray(sizes, np.float64)[order], np.asarray(psnrs)[order]
+    return np.asarray(sizes, np.float64), np.asarray(psnrs)
 
 
 def jpeg_curve(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, PSNR) of Pillow's JPEG at every quality, sorted by bytes."""
+    """(bytes, PSNR) of Pillow's JPEG at qualities 1..100, in quality order."""
     rgb = image.convert("RGB")
     return _curve(rgb.tobytes(), rgb.size)
 
@@ -47,4 +42,5 @@ def jpeg_curve(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 def jpeg_psnr_at(image: Image.Image, num_bytes: float) -> float:
     """JPEG's PSNR at ``num_bytes``, linearly interpolated on its curve (clamped at the ends)."""
     sizes, psnrs = jpeg_curve(image)
-    return float(np.interp(num_bytes, sizes, psnrs))
+    order = np.argsort(sizes, kind="stable")
+    return float(np.interp(num_bytes, sizes[order], psnrs[order]))

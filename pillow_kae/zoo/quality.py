@@ -13,16 +13,17 @@ from pillow_kae.container import MAX_GAIN_STEP
 from pillow_kae.zoo import card, installed
 
 LADDER: tuple[tuple[str, int], ...] = (
+    ("kae-low", -10),
     ("kae-low", -8),
     ("kae-low", -6),
     ("kae-low", -4),
     ("kae-low", -2),
     ("kae-low", 0),
-    ("kae-mid", -5),
-    ("kae-mid", -3),
-    ("kae-mid", -1),
-    ("kae-mid", 1),
-    ("kae-high", -5),
+    ("kae-mid", -6),
+    ("kae-mid", -4),
+    ("kae-mid", -2),
+    ("kae-mid", 0),
+    ("kae-mid", 2),
     ("kae-high", -4),
 )
 

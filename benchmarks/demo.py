@@ -1,0 +1,101 @@
+"""`make demo`: every sample image through .kae on the shipped weights, against JPEG.
+
+Writes out/demo/NAME.kae, the decoded NAME.kae.png and side_by_side_NAME.png
+(original | KAE | JPEG at the same bytes), and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import pillow_kae  # noqa: F401  (registers .kae)
+from benchmarks.jpeg import jpeg_bytes, jpeg_curve, jpeg_psnr_at
+from benchmarks.rd import SAMPLES
+from training.evaluate import psnr
+
+OUT = Path("out/demo")
+
+
+def jpeg_at_bytes(image: Image.Image, num_bytes: int) -> Image.Image:
+    """The largest-quality JPEG that fits in ``num_bytes`` (quality 1 if none does)."""
+    sizes, _ = jpeg_curve(image)
+    fitting = [q for q, size in enumerate(sizes, start=1) if size <= num_bytes]
+    data = jpeg_bytes(image, max(fitting, default=1))
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def side_by_side(*images: Image.Image) -> Image.Image:
+    width = sum(im.width for im in images)
+    canvas = Image.new("RGB", (width, max(im.height for im in images)), "white")
+    left = 0
+    for im in images:
+        canvas.paste(im.convert("RGB"), (left, 0))
+        left += im.width
+    return canvas
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quality", type=int, default=75)
+    parser.add_argument("--images", type=Path, default=SAMPLES)
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".png", ".jpg"})
+    rows = []
+    for path in tqdm(paths, desc="demo"):
+        with Image.open(path) as original:
+            original.load()
+        target = OUT / f"{path.stem}.kae"
+        start = time.perf_counter()
+        original.save(target, quality=args.quality)
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with Image.open(target) as decoded:
+            decoded.load()
+        decode_s = time.perf_counter() - start
+        decoded.save(OUT / f"{path.stem}.kae.png")
+        size = target.stat().st_size
+        rgb = original.convert("RGB")
+        kae_rgb = decoded.convert("RGB")
+        jpeg = jpeg_at_bytes(rgb, size)
+        side_by_side(rgb, kae_rgb, jpeg).save(OUT / f"side_by_side_{path.stem}.png")
+        pixels = original.width * original.height
+        rows.append(
+            (
+                path.name,
+                f"{original.width}x{original.height} {original.mode}",
+                pixels,
+                size,
+                8 * size / pixels,
+                psnr(np.asarray(rgb), np.asarray(kae_rgb)),
+                jpeg_psnr_at(rgb, size),
+                encode_s,
+                decode_s,
+            )
+        )
+    print(f"\nquality {args.quality}; images from {args.images}; results in {OUT}/")
+    header = (
+        f"{'file':<20} {'size/mode':<16} {'pixels':>8} {'bytes':>7} {'bpp':>6} "
+        f"{'PSNR':>6} {'JPEG@=bytes':>11} {'enc s':>6} {'dec s':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, dims, pixels, size, bpp, p, jp, enc, dec in rows:
+        print(
+            f"{name:<20} {dims:<16} {pixels:>8} {size:>7} {bpp:6.3f} {p:6.2f} {jp:11.2f} "
+            f"{enc:6.2f} {dec:6.2f}"
+        )
+    print(
+        "(PSNR on RGB in dB; JPEG@=bytes: Pillow JPEG 4:2:0 optimized, interpolated at equal bytes)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""``kae``: encode, decode and inspect ``.kae`` files from the command line.
+
+Subcommands::
+
+    kae encode IN OUT [-q Q] [--model M]   any image Pillow reads -> KAE
+    kae decode IN OUT                      KAE -> the format OUT's extension names
+    kae info FILE [FILE ...] [--json]      header fields, size and bpp (no TensorFlow)
+    kae models                             installed models and the quality ladder
+
+``info`` and ``models`` read only headers and model cards, so they never import
+TensorFlow. Errors in the input are reported as one ``kae: error: ...`` line on stderr
+with exit status 1; command-line usage errors keep argparse's status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from pillow_kae import __version__, container
+from pillow_kae import zoo as model_zoo
+from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY, FORMAT
+from pillow_kae.zoo import quality as quality_ladder
+
+# Named explicitly: under ``python -m pillow_kae.cli`` __name__ is "__main__".
+log = logging.getLogger("pillow_kae.cli")
+
+PROG = "kae"
+
+# Metadata passed on to the decoded file, for the output formats whose Pillow writer
+# takes it as a save option. Other formats get only what their writer picks up itself.
+_METADATA_FORMATS: dict[str, frozenset[str]] = {
+    "icc_profile": frozenset({"PNG", "JPEG", "WEBP", "TIFF"}),
+    "exif": frozenset({"PNG", "JPEG", "WEBP", "TIFF"}),
+    "xmp": frozenset({"JPEG", "WEBP"}),
+}
+_METADATA_KEYS = ("exif", "icc_profile", "xmp")
+
+# What a bad input can raise; anything else is a bug and keeps its traceback.
+_INPUT_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class CliError(Exception):
+    """A problem already phrased for the user."""
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _describe(err: BaseException) -> str:
+    """One line for ``kae: error:``."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        message = f"{os.fsdecode(err.filename)}: {err.strerror}"
+    else:
+        message = str(err) or type(err).__name__
+    return " ".join(message.split())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, so a failure leaves no partial file."""
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            fp.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _read_kae_header(path: Path) -> tuple[container.Header, dict[str, bytes], int]:
+    """Header, metadata and file size of a ``.kae`` file, with a readable error."""
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        try:
+            header, metadata = container.read_header(fp)
+        except container.KaeFormatError as err:
+            raise CliError(f"{path}: not a valid KAE file: {err}") from err
+    return header, metadata, size
+
+
+def _output_format(path: Path) -> str:
+    """The Pillow format that ``path``'s extension names, if Pillow can write it."""
+    ext = path.suffix.lower()
+    if not ext:
+        raise CliError(f"{path}: no file extension to choose the output format from")
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise CliError(f"{path}: unknown output file extension {ext!r}")
+    if fmt not in Image.SAVE:
+        raise CliError(f"{path}: Pillow cannot write {fmt} files")
+    return fmt
+
+
+# --------------------------------------------------------------------------
+# encode / decode
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    src, dst = Path(args.input), Path(args.output)
+    # Check the options before touching any file: a bad quality or model writes nothing.
+    model_name, gain_step = quality_ladder.choose(args.quality, args.model)
+    log.info("quality %d -> model %s, gain step %d", args.quality, model_name, gain_step)
+    with Image.open(src) as im:
+        log.info("read %s: %s %dx%d %s", src, im.format, im.width, im.height, im.mode)
+        buffer = io.BytesIO()
+        options = {"quality": args.quality}
+        if args.model is not None:
+            options["model"] = args.model
+        im.save(buffer, format=FORMAT, **options)
+        pixels = im.width * im.height
+    data = buffer.getvalue()
+    _write_atomic(dst, data)
+    log.info("wrote %s: %d bytes, %.4f bpp", dst, len(data), 8 * len(data) / pixels)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    src, dst = Path(args.input), Path(args.output)
+    fmt = _output_format(dst)
+    _read_kae_header(src)  # a clear message for a broken header, before Pillow's generic one
+    with Image.open(src, formats=[FORMAT]) as im:
+        im.load()
+        options = {}
+        for key in _METADATA_KEYS:
+            value = im.info.get(key)
+            if value and fmt in _METADATA_FORMATS[key]:
+                options[key] = value
+        log.info(
+            "decoded %s: %dx%d %s; writing %s%s",
+            src,
+            im.width,
+            im.height,
+            im.mode,
+            fmt,
+            f" with {', '.join(options)}" if options else "",
+        )
+        buffer = io.BytesIO()
+        im.save(buffer, format=fmt, **options)
+    _write_atomic(dst, buffer.getvalue())
+    return 0
+
+
+# --------------------------------------------------------------------------
+# info
+
+
+def _file_info(path: Path) -> dict:
+    header, metadata, size = _read_kae_header(path)
+    card = model_zoo.installed().get(header.model_name)
+    pixels = header.width * header.height
+    columns, rows = header.tile_grid
+    return {
+        "file": str(path),
+        "width": header.width,
+        "height": header.height,
+        "mode": header.mode,
+        "model": header.model_name,
+        "weights_hash": header.weights_hash.hex(),
+        "model_installed": card is not None,
+        "weights_match": card is not None and card.digest == header.weights_hash,
+        "quality": header.quality,
+        "gain_step": header.gain_step,
+        "tile_size": header.tile_size,
+        "tile_grid": [columns, rows],
+        "tile_count": header.tile_count,
+        "latent_channels": header.latent_channels,
+        "hyper_channels": header.hyper_channels,
+        "bytes": size,
+        "bpp": 8 * size / pixels,
+        "metadata": {key: len(metadata[key]) for key in _METADATA_KEYS if key in metadata},
+    }
+
+
+def _format_info(info: dict) -> str:
+    if not info["model_installed"]:
+        status = "not installed"
+    elif info["weights_match"]:
+        status = "installed, weights match"
+    else:
+        status = "installed, but with different weights: cannot decode"
+    columns, rows = info["tile_grid"]
+    metadata = ", ".join(f"{key} {n} B" for key, n in info["metadata"].items()) or "none"
+    rows_out = [
+        ("size", f"{info['width']} x {info['height']}"),
+        ("mode", info["mode"]),
+        ("model", f"{info['model']} ({status})"),
+        ("weights", info["weights_hash"][:16]),
+        ("quality", str(info["quality"])),
+        ("gain step", str(info["gain_step"])),
+        ("tiles", f"{info['tile_count']} ({columns} x {rows} of {info['tile_size']} px)"),
+        ("bytes", f"{info['bytes']} ({info['bpp']:.4f} bpp)"),
+        ("metadata", metadata),
+    ]
+    return "\n".join([f"{info['file']}:", *(f"  {k + ':':<11}{v}" for k, v in rows_out)])
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    infos = []
+    status = 0
+    for name in args.files:
+        try:
+            infos.append(_file_info(Path(name)))
+        except (CliError, *_INPUT_ERRORS) as err:
+            _report(err)
+            status = 1
+    if args.json:
+        print(json.dumps(infos, indent=2))
+    else:
+        print("\n".join(_format_info(info) for info in infos))
+    return status
+
+
+# --------------------------------------------------------------------------
+# models
+
+
+def _ladder_ranges() -> list[tuple[int, int, str, int]]:
+    """(first quality, last quality, model, gain step) for each rate point in use."""
+    ranges: list[tuple[int, int, str, int]] = []
+    for q in range(1, 101):
+        point = quality_ladder.choose(q)
+        if ranges and ranges[-1][2:] == point:
+            ranges[-1] = (ranges[-1][0], q, *point)
+        else:
+            ranges.append((q, q, *point))
+    return ranges
+
+
+def _number(value: object, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) else "-"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    cards = model_zoo.installed()
+    if not cards:
+        print("no KAE models installed")
+        return 0
+    table = [("name", "lambda", "weights", "Kodak bpp", "Kodak PSNR", "steps")]
+    for card in cards.values():
+        try:
+            weights = f"{card.path.stat().st_size / 1e6:.1f} MB"
+        except OSError:
+            weights = "missing"
+        evaluation = card.evaluation
+        psnr = evaluation.get("psnr")
+        table.append(
+            (
+                card.name,
+                _number(card.lmbda, "g"),
+                weights,
+                _number(evaluation.get("bpp"), ".4f"),
+                f"{psnr:.2f} dB" if isinstance(psnr, int | float) else "-",
+                _number(card.training.get("steps"), "d"),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print()
+    print(f"quality ladder (-q, default {DEFAULT_QUALITY}):")
+    for first, last, name, step in _ladder_ranges():
+        span = f"{first}-{last}" if first != last else str(first)
+        print(f"  {span:>7}  {name:<{widths[0]}}  gain step {step:+d}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Entry point
+
+
+def _quality(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid quality {text!r}: not an integer") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Encode, decode and inspect KAE (.kae) learned images."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
+    # Also accepted after the subcommand; SUPPRESS keeps the count from the main parser.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", parents=[common], help="encode an image as KAE")
+    p.add_argument("input", metavar="IN", help="any image Pillow can read")
+    p.add_argument("output", metavar="OUT", help="the .kae file to write")
+    p.add_argument(
+        "-q",
+        "--quality",
+        type=_quality,
+        default=DEFAULT_QUALITY,
+        help=f"1-100, higher is better and larger (default {DEFAULT_QUALITY})",
+    )
+    p.add_argument("--model", help="use this installed model (see 'kae models')")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", parents=[common], help="decode a KAE file")
+    p.add_argument("input", metavar="IN", help="a .kae file")
+    p.add_argument("output", metavar="OUT", help="output image; its extension picks the format")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", parents=[common], help="show the header of KAE files")
+    p.add_argument("files", metavar="FILE", nargs="+", help=".kae files")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", parents=[common], help="list installed models and the ladder")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def _report(err: BaseException) -> None:
+    log.debug("details", exc_info=err)
+    print(f"{PROG}: error: {_describe(err)}", file=sys.stderr)
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+    logging.getLogger("pillow_kae").setLevel(level)
+    # Keep TensorFlow's C++ start-up chatter off stderr unless debugging.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity >= 2 else "2")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kae`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # stdout closed early (``kae models | head``): stop quietly, as other tools do.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (CliError, *_INPUT_ERRORS) as err:
+        _report(err)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""The Pillow plugin: modes, sizes, metadata, save options, registration, lazy imports."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_kae import KaeImagePlugin
+from pillow_kae.zoo import installed
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
+
+
+# --------------------------------------------------------------------------
+# Modes
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA"])
+def test_roundtrip_native_modes(mode, make_image, roundtrip, psnr_db):
+    im = make_image(40, 24, mode, seed=1)
+    data, out = roundtrip(im)
+    assert data.startswith(b"\x89KAE\r\n\x1a\n")
+    assert out.mode == mode
+    assert out.size == im.size
+    src, dec = np.asarray(im), np.asarray(out)
+    if mode in ("RGBA", "LA"):
+        assert np.array_equal(dec[..., -1], src[..., -1]), "alpha must be lossless"
+        src, dec = src[..., :-1], dec[..., :-1]
+    assert psnr_db(src, dec) > 25
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 1), (3, 2), (17, 5), (1, 300), (300, 1), (129, 67)], ids=lambda s: "%dx%d" % s
+)
+def test_roundtrip_sizes(size, make_image, roundtrip, psnr_db):
+    im = make_image(*size, "RGB", seed=2)
+    _, out = roundtrip(im)
+    assert out.mode == "RGB"
+    assert out.size == size
+    if size != (1, 1):
+        limit = 20 if size[0] * size[1] >= 17 * 5 else 15
+        assert psnr_db(np.asarray(im), np.asarray(out)) > limit
+
+
+def test_palette_saves_as_rgb(make_image, roundtrip, psnr_db):
+    p = make_image(24, 16, "RGB").quantize(32)
+    assert p.mode == "P" and "transparency" not in p.info
+    _, out = roundtrip(p)
+    assert out.mode == "RGB" and out.size == p.size
+    assert psnr_db(np.asarray(p.convert("RGB")), np.asarray(out)) > 20
+
+
+def test_palette_with_transparency_saves_as_rgba(make_image, roundtrip):
+    p = make_image(24, 16, "RGB").quantize(32)
+    p.info["transparency"] = int(np.asarray(p)[0, 0])
+    expected_alpha = np.asarray(p.convert("RGBA"))[..., 3]
+    assert 0 < np.count_nonzero(expected_alpha == 0) < expected_alpha.size
+    _, out = roundtrip(p)
+    assert out.mode == "RGBA" and out.size == p.size
+    assert np.array_equal(np.asarray(out)[..., 3], expected_alpha)
+
+
+def test_pa_saves_as_rgba(make_image, roundtrip):
+    p = make_image(12, 10, "RGB").quantize(16)
+    alpha = (np.arange(120, dtype=np.uint8).reshape(10, 12) * 2).astype(np.uint8)
+    pa = Image.frombytes("PA", p.size, np.dstack([np.asarray(p), alpha]).tobytes())
+    pa.putpalette(p.getpalette())
+    _, out = roundtrip(pa)
+    assert out.mode == "RGBA" and out.size == pa.size
+    assert np.array_equal(np.asarray(out)[..., 3], alpha)
+
+
+def test_bilevel_saves_as_l(roundtrip):
+    arr = np.zeros((16, 32), dtype=np.uint8)
+    arr[:, 16:] = 255
+    im = Image.fromarray(arr).convert("1")
+    _, out = roundtrip(im)
+    assert out.mode == "L" and out.size == im.size
+    agree = (np.asarray(out) >= 128) == (arr >= 128)
+    assert agree.mean() > 0.9
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B"])
+def test_16_bit_keeps_most_significant_byte(mode, roundtrip):
+    # README says I;16 is clipped like Pillow's convert("L") (0x1234 -> 255); the plugin
+    # (KaeImagePlugin._to_storable) keeps the most significant byte (0x1234 -> 0x12).
+    # This test pins the code's behaviour; see the report about the README mismatch.
+    endian = ">" if mode == "I;16B" else "<"
+    raw = np.full((8, 12), 0x1234, dtype=endian + "u2").tobytes()
+    im = Image.frombytes(mode, (12, 8), raw)
+    assert np.asarray(im)[0, 0] == 0x1234
+    _, out = roundtrip(im)
+    assert out.mode == "L" and out.size == im.size
+    decoded = np.asarray(out).astype(int)
+    assert abs(int(np.median(decoded)) - 0x12) <= 12, decoded
+    assert decoded.max() < 0x60  # not clipped to 255
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_modes_save_as_l(mode, make_image, roundtrip, psnr_db):
+    gray = make_image(20, 12, "L")
+    im = gray.convert(mode)
+    _, out = roundtrip(im)
+    assert out.mode == "L" and out.size == im.size
+    assert psnr_db(np.asarray(im.convert("L")), np.asarray(out)) > 20
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr", "LAB", "HSV", "RGBX"])
+def test_other_colour_modes_save_as_rgb(mode, make_image, roundtrip, psnr_db):
+    im = make_image(20, 12, "RGB").convert(mode)
+    _, out = roundtrip(im)
+    assert out.mode == "RGB" and out.size == im.size
+    assert psnr_db(np.asarray(im.convert("RGB")), np.asarray(out)) > 20
+
+
+def _unsupported_image() -> Image.Image:
+    """An image whose mode the plugin has no mapping for.
+
+    Every mode Pillow can construct (checked below) has a mapping, so the mode is forced on
+    an L image: ``I;16S`` is a real Pillow mode name that this Pillow no longer creates.
+    """
+    for mode in ("I;16S", "I;32", "BGR;15"):
+        try:
+            return Image.new(mode, (4, 4))
+        except ValueError:
+            continue
+    im = Image.new("L", (4, 4))
+    if not hasattr(im, "_mode"):
+        pytest.skip("cannot make an image with an unsupported mode on this Pillow")
+    im._mode = "I;16S"
+    return im
+
+
+def test_every_constructible_mode_is_handled():
+    for mode in ("1", "L", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"):
+        im = Image.new(mode, (1, 1))
+        assert im.mode == "P" or im.mode in KaeImagePlugin._SAVE_MODES
+
+
+def test_unsupported_mode_raises():
+    im = _unsupported_image()
+    assert im.mode not in KaeImagePlugin._SAVE_MODES
+    buffer = io.BytesIO()
+    with pytest.raises(OSError, match=f"cannot write mode {im.mode}"):
+        im.save(buffer, "KAE")
+    assert buffer.getvalue() == b""
+
+
+# --------------------------------------------------------------------------
+# Metadata
+
+
+def _exif_bytes(description: str = "pillow-kae test") -> bytes:
+    exif = Image.Exif()
+    exif[0x010E] = description  # ImageDescription
+    return exif.tobytes()
+
+
+def test_metadata_roundtrip(small_rgb, kae_encode, chelsea_icc):
+    exif = _exif_bytes()
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    data = kae_encode(small_rgb, exif=exif, icc_profile=chelsea_icc, xmp=xmp)
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.info["exif"] == exif
+        assert out.info["icc_profile"] == chelsea_icc
+        assert out.info["xmp"] == xmp
+        assert out.getexif()[0x010E] == "pillow-kae test"
+        out.load()
+        assert out.info["icc_profile"] == chelsea_icc
+
+
+def test_metadata_absent_when_not_given(small_kae):
+    with Image.open(io.BytesIO(small_kae)) as out:
+        for key in ("exif", "icc_profile", "xmp"):
+            assert key not in out.info
+
+
+def test_metadata_taken_from_info(make_image, kae_encode, chelsea_icc):
+    im = make_image(16, 16)
+    exif = _exif_bytes("from info")
+    im.info.update(exif=exif, icc_profile=chelsea_icc, xmp="<x:xmpmeta/>")
+    with Image.open(io.BytesIO(kae_encode(im))) as out:
+        assert out.info["exif"] == exif
+        assert out.info["icc_profile"] == chelsea_icc
+        assert out.info["xmp"] == b"<x:xmpmeta/>"  # str is stored as UTF-8
+
+
+def test_metadata_passes_through_from_png(kae_encode):
+    with Image.open(SAMPLES / "chelsea.png") as src:
+        src.load()
+        im = src.crop((100, 50, 132, 82))
+        im.info = dict(src.info)
+        icc, xmp = src.info["icc_profile"], src.info["xmp"]
+    with Image.open(io.BytesIO(kae_encode(im))) as out:
+        assert out.info["icc_profile"] == icc
+        assert out.info["xmp"] == (xmp.encode() if isinstance(xmp, str) else xmp)
+
+
+def test_explicit_metadata_overrides_info(make_image, kae_encode):
+    im = make_image(16, 16)
+    im.info["exif"] = _exif_bytes("from info")
+    im.info["xmp"] = b"<old/>"
+    explicit = _exif_bytes("explicit")
+    with Image.open(io.BytesIO(kae_encode(im, exif=explicit, xmp=b"<new/>"))) as out:
+        assert out.info["exif"] == explicit
+        assert out.info["xmp"] == b"<new/>"
+
+
+def test_exif_object_accepted(make_image, kae_encode):
+    im = make_image(16, 16)
+    exif = Image.Exif()
+    exif[0x010E] = "object"
+    with Image.open(io.BytesIO(kae_encode(im, exif=exif))) as out:
+        assert out.info["exif"] == exif.tobytes()
+
+
+def test_bad_metadata_type_raises_and_writes_nothing(make_image):
+    buffer = io.BytesIO()
+    with pytest.raises(ValueError, match="exif"):
+        make_image(8, 8).save(buffer, "KAE", exif=12345)
+    assert buffer.getvalue() == b""
+
+
+# --------------------------------------------------------------------------
+# Header info, quality, options
+
+
+def test_open_reports_model_and_quality(make_image, kae_encode):
+    data = kae_encode(make_image(16, 16, "RGBA"), quality=40, model="kae-low")
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.format == "KAE"
+        assert out.get_format_mimetype() == "image/x-kae"
+        assert out.mode == "RGBA" and out.size == (16, 16)
+        assert out.info["kae_model"] == "kae-low"
+        assert out.info["quality"] == 40
+
+
+def test_default_quality_is_75(small_kae):
+    with Image.open(io.BytesIO(small_kae)) as out:
+        assert out.info["quality"] == 75
+        assert out.info["kae_model"] in installed()
+
+
+def test_size_falls_with_quality(kae_encode):
+    with Image.open(SAMPLES / "coffee.png") as src:
+        im = src.convert("RGB").crop((200, 100, 328, 228))
+    sizes = {q: len(kae_encode(im, quality=q)) for q in (95, 50, 5)}
+    assert sizes[95] > sizes[50] > sizes[5], sizes
+
+
+@pytest.mark.parametrize("quality", [0, 101, -5, 50.5, "high", True, None])
+def test_quality_validation(quality, small_rgb):
+    buffer = io.BytesIO()
+    with pytest.raises(ValueError, match="1 to 100"):
+        small_rgb.save(buffer, "KAE", quality=quality)
+    assert buffer.getvalue() == b""
+
+
+def test_unknown_model_names_installed_ones(small_rgb):
+    with pytest.raises(ValueError, match="nope") as info:
+        small_rgb.save(io.BytesIO(), "KAE", model="nope")
+    for name in installed():
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("gain_step", [64, -64, 1.5, True])
+def test_gain_step_validation(gain_step, small_rgb):
+    with pytest.raises(ValueError, match="gain_step"):
+        small_rgb.save(io.BytesIO(), "KAE", gain_step=gain_step)
+
+
+def test_explicit_model_and_gain_step(make_image, roundtrip, psnr_db):
+    im = make_image(16, 16)
+    data, out = roundtrip(im, model="kae-high", gain_step=3)
+    assert out.info["kae_model"] == "kae-high"
+    assert psnr_db(np.asarray(im), np.asarray(out)) > 25
+
+
+# --------------------------------------------------------------------------
+# Files on disk
+
+
+def test_save_and_open_path(tmp_path, small_rgb, small_kae):
+    path = tmp_path / "x.kae"
+    small_rgb.save(path)  # format picked from the extension
+    assert path.read_bytes() == small_kae  # encoding is deterministic in one process
+    other = tmp_path / "no_extension"
+    other.write_bytes(small_kae)
+    with Image.open(other) as im:  # identified by its signature
+        assert im.format == "KAE"
+        im.load()
+        assert im.size == small_rgb.size
+
+
+def test_failed_save_leaves_no_file(tmp_path, small_rgb):
+    path = tmp_path / "bad.kae"
+    with pytest.raises(OSError, match="cannot write mode"):
+        _unsupported_image().save(path)
+    assert not path.exists()
+    with pytest.raises(ValueError):
+        small_rgb.save(path, quality=0)
+    assert not path.exists()
+
+
+def test_failed_save_over_existing_file(tmp_path, small_rgb):
+    # Pillow opens (truncates) an existing target before the plugin runs and only removes
+    # files it created, so a failed save over an existing file leaves it empty. The plugin
+    # cannot prevent this; it only guarantees it writes no partial .kae data.
+    path = tmp_path / "old.kae"
+    path.write_bytes(b"previous contents")
+    with pytest.raises(ValueError):
+        small_rgb.save(path, quality=0)
+    assert path.read_bytes() in (b"", b"previous contents")
+
+
+def test_registration():
+    assert Image.registered_extensions()[".kae"] == "KAE"
+    assert Image.MIME["KAE"] == "image/x-kae"
+    assert "KAE" in Image.SAVE and "KAE" in Image.OPEN
+
+
+# --------------------------------------------------------------------------
+# TensorFlow stays unimported until pixels are needed
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_import_does_not_import_tensorflow():
+    result = _run_python(
+        """
+        import sys
+        import pillow_kae
+        heavy = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        assert not heavy, heavy
+        """
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_header_only_open_does_not_import_tensorflow(tmp_path, make_image, kae_encode):
+    path = tmp_path / "x.kae"
+    path.write_bytes(kae_encode(make_image(16, 16, "RGBA"), exif=_exif_bytes()))
+    result = _run_python(
+        f"""
+        import sys
+        import pillow_kae
+        from PIL import Image
+        im = Image.open({str(path)!r})
+        assert im.size == (16, 16), im.size
+        assert im.mode == "RGBA", im.mode
+        assert im.info["kae_model"] and im.info["quality"] == 75 and im.info["exif"]
+        heavy = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        assert not heavy, heavy
+        """
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,256 @@
+"""Damaged, forged and foreign files: only UnidentifiedImageError / OSError, quickly."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+from pillow_kae import container
+
+TRAILER = b"trailing junk after KEND"
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data), formats=["KAE"])
+
+
+def _outcome(data: bytes) -> tuple[str, np.ndarray | None]:
+    """'open' (UnidentifiedImageError at open), 'load' (OSError at load) or 'ok' + pixels.
+
+    Any other exception propagates and fails the test.
+    """
+    try:
+        im = _open(data)
+    except UnidentifiedImageError:
+        return "open", None
+    with im:
+        try:
+            im.load()
+        except OSError:
+            return "load", None
+        return "ok", np.asarray(im)
+
+
+def _chunk(ctype: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(ctype + data)
+    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", crc)
+
+
+def _replace(data: bytes, **changes: object) -> bytes:
+    """Re-serialise a valid file with fields of its KaeFile (or, via header=, header) changed."""
+    kae = container.read(io.BytesIO(data))
+    header_changes = changes.pop("header", {})
+    header = dataclasses.replace(kae.header, **header_changes)
+    return container.dumps(dataclasses.replace(kae, header=header, **changes))
+
+
+@pytest.fixture(scope="module")
+def rgba_kae(make_image_module, kae_encode) -> bytes:
+    """A 20x12 RGBA file with every ancillary chunk, so damage hits every chunk type."""
+    im = make_image_module(20, 12, "RGBA")
+    return kae_encode(im, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00", xmp=b"<x/>")
+
+
+@pytest.fixture(scope="module")
+def make_image_module(smooth):
+    def factory(width: int, height: int, mode: str) -> Image.Image:
+        channels = len(mode)
+        return Image.fromarray(smooth(width, height, channels, seed=3), mode)
+
+    return factory
+
+
+def _cut_points(length: int) -> list[int]:
+    return sorted(set(range(min(64, length))) | set(range(64, length, 7)) | {length - 1})
+
+
+@pytest.mark.parametrize("which", ["rgb", "rgba"])
+def test_truncation(which, small_kae, rgba_kae):
+    data = small_kae if which == "rgb" else rgba_kae
+    seen = {"open": 0, "load": 0}
+    start = time.monotonic()
+    for n in _cut_points(len(data)):
+        outcome, _ = _outcome(data[:n])
+        assert outcome != "ok", f"file cut to {n} of {len(data)} bytes decoded"
+        seen[outcome] += 1
+    assert time.monotonic() - start < 30
+    # Cuts inside the tiles still open (header only) and fail at load.
+    assert seen["open"] and seen["load"], seen
+
+
+def _flip_offsets(length: int) -> list[int]:
+    return sorted(set(range(min(100, length))) | set(range(100, length, 5)))
+
+
+@pytest.mark.parametrize("which", ["rgb", "rgba"])
+def test_byte_flips(which, small_kae, rgba_kae, kae_decode):
+    data = (small_kae if which == "rgb" else rgba_kae) + TRAILER
+    kend = len(data) - len(TRAILER)  # first byte after KEND
+    reference = np.asarray(kae_decode(data))
+    seen = {"open": 0, "load": 0, "ok": 0}
+    start = time.monotonic()
+    for offset in _flip_offsets(len(data)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0xFF
+        outcome, pixels = _outcome(bytes(damaged))
+        seen[outcome] += 1
+        if outcome == "ok":
+            assert offset >= kend, f"flip at {offset} (KEND ends at {kend}) went unnoticed"
+            assert np.array_equal(pixels, reference)
+    assert time.monotonic() - start < 60
+    assert seen["open"] and seen["load"] and seen["ok"], seen
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x89",
+        b"\x89KAE\r\n\x1a",
+        b"\x89KAE\r\n\x1a\n",
+        b"\x89KAE\r\n\x1a\n" + b"\x00" * 40,
+        np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    ],
+    ids=["empty", "1-byte", "short-signature", "signature-only", "signature-zeros", "random"],
+)
+def test_foreign_bytes(data):
+    with pytest.raises(UnidentifiedImageError):
+        _open(data)
+
+
+def test_png_is_not_kae(make_image):
+    buffer = io.BytesIO()
+    make_image(8, 8).save(buffer, "PNG")
+    with pytest.raises(UnidentifiedImageError):
+        _open(buffer.getvalue())
+
+
+def test_unknown_model(small_kae):
+    data = _replace(small_kae, header={"model_name": "not-installed"})
+    with _open(data) as im:
+        assert im.info["kae_model"] == "not-installed"
+        with pytest.raises(OSError, match="not-installed"):
+            im.load()
+
+
+def test_weights_hash_mismatch(small_kae):
+    kae = container.read(io.BytesIO(small_kae))
+    data = _replace(small_kae, header={"weights_hash": bytes(32)})
+    with _open(data) as im, pytest.raises(OSError, match=kae.header.model_name):
+        im.load()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"latent_channels": 100}, {"hyper_channels": 7}, {"stride": 8}, {"hyper_stride": 2}],
+    ids=lambda c: next(iter(c)),
+)
+def test_header_model_mismatch(small_kae, changes):
+    with _open(_replace(small_kae, header=changes)) as im, pytest.raises(OSError, match="match"):
+        im.load()
+
+
+def _header(**changes: object) -> container.Header:
+    fields: dict[str, object] = {
+        "width": 16,
+        "height": 16,
+        "mode": "RGB",
+        "model_name": "kae-mid",
+        "weights_hash": bytes(32),
+        "quality": 75,
+        "tile_size": 1024,
+        "latent_channels": 192,
+        "hyper_channels": 128,
+        "stride": 16,
+        "hyper_stride": 4,
+        "gain_step": 0,
+    }
+    fields.update(changes)
+    return container.Header(**fields)  # type: ignore[arg-type]
+
+
+def _header_only_file(header: container.Header) -> bytes:
+    """Signature, KHDR and KEND: no tiles, whatever the header claims."""
+    return container.SIGNATURE + _chunk(b"KHDR", header.pack()) + _chunk(b"KEND", b"")
+
+
+def test_decompression_bomb_header():
+    side = container.MAX_DIMENSION
+    data = _header_only_file(_header(width=side, height=side, tile_size=0xFFC0))
+    start = time.monotonic()
+    with pytest.raises(Image.DecompressionBombError):
+        _open(data)
+    assert time.monotonic() - start < 1.0
+
+
+def test_large_header_without_tiles_fails_fast():
+    # Below Pillow's bomb limit, but the file lacks the tiles: fails in the container read.
+    data = _header_only_file(_header(width=2000, height=1500))
+    start = time.monotonic()
+    with _open(data) as im:
+        assert im.size == (2000, 1500)
+        with pytest.raises(OSError, match="KTIL"):
+            im.load()
+    assert time.monotonic() - start < 2.0
+
+
+def test_tile_payload_not_whole_words(small_kae):
+    with _open(_replace(small_kae, tiles=[b"\x01\x02\x03"])) as im:
+        with pytest.raises(OSError, match="32-bit"):
+            im.load()
+
+
+@pytest.mark.xfail(
+    reason=(
+        "codec.decode_tile catches only ValueError/RuntimeError/OverflowError, but "
+        "constriction raises AssertionError ('Tried to decode from compressed data that is "
+        "invalid for the employed entropy model') on some forged payloads"
+    ),
+    strict=True,
+)
+def test_forged_tile_payloads(small_kae):
+    """Garbage tile data with valid CRCs: OSError or some image, never another exception."""
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        words = int(rng.integers(1, 40))
+        payload = rng.integers(0, 256, 4 * words, dtype=np.uint8).tobytes()
+        outcome, _ = _outcome(_replace(small_kae, tiles=[payload]))
+        assert outcome in ("load", "ok")
+
+
+def test_forged_empty_tile_payload(small_kae):
+    outcome, pixels = _outcome(_replace(small_kae, tiles=[b""]))
+    assert outcome in ("load", "ok")
+    if pixels is not None:
+        assert pixels.shape == (20, 20, 3)
+
+
+def _png(im: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "alpha",
+    [
+        b"",
+        b"not a png at all",
+        _png(Image.new("L", (5, 5))),  # wrong size
+        _png(Image.new("RGB", (20, 12))),  # wrong mode
+        _png(Image.new("L", (20, 12)))[:-30],  # truncated PNG
+    ],
+    ids=["empty", "garbage", "wrong-size", "wrong-mode", "truncated"],
+)
+def test_forged_alpha_plane(rgba_kae, alpha):
+    with _open(_replace(rgba_kae, alpha=alpha)) as im:
+        assert im.mode == "RGBA"
+        with pytest.raises(OSError, match="alpha"):
+            im.load()
