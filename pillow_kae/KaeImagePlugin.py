@@ -102,6 +102,8 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         model.hyper_channels,
     ) or (header.stride, header.hyper_stride) != (codec.STRIDE, codec.HYPER_STRIDE):
         raise OSError(f"KAE header does not match model {header.model_name!r}")
+    if header.tile_size > codec.MAX_TILE_SIZE:
+        raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
     rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
     boxes = codec.tiles(header.width, header.height, header.tile_size)
     for (left, top, right, bottom), payload in zip(boxes, kae.tiles, strict=True):

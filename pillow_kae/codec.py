@@ -26,6 +26,7 @@ from pillow_kae.models.hyperprior import HYPER_STRIDE, STRIDE
 from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
+MAX_TILE_SIZE = 4096  # a decoder refuses larger tiles: memory per tile stays bounded
 PAD = STRIDE * HYPER_STRIDE
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 
@@ -100,7 +101,8 @@ def decode_tile(
         z_hat = model.z_coder.decode(decoder, _z_tables(model, z_shape))
         means, indices = _params(model, z_hat, gain_step)
         symbols = model.y_coder.decode(decoder, indices)
-    except (ValueError, RuntimeError, OverflowError) as err:
+    except (ValueError, RuntimeError, OverflowError, AssertionError) as err:
+        # constriction asserts on streams that no encoder could have produced.
         raise TileDecodeError(f"damaged tile payload: {err}") from err
     g = gain(gain_step)
     y_hat = (symbols.astype(np.float64) + g * means) / g

@@ -37,7 +37,7 @@ def test_roundtrip_native_modes(mode, make_image, roundtrip, psnr_db):
 
 
 @pytest.mark.parametrize(
-    "size", [(1, 1), (3, 2), (17, 5), (1, 300), (300, 1), (129, 67)], ids=lambda s: "%dx%d" % s
+    "size", [(1, 1), (3, 2), (17, 5), (1, 300), (300, 1), (129, 67)], ids=lambda s: f"{s[0]}x{s[1]}"
 )
 def test_roundtrip_sizes(size, make_image, roundtrip, psnr_db):
     im = make_image(*size, "RGB", seed=2)
@@ -89,9 +89,8 @@ def test_bilevel_saves_as_l(roundtrip):
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B"])
 def test_16_bit_keeps_most_significant_byte(mode, roundtrip):
-    # README says I;16 is clipped like Pillow's convert("L") (0x1234 -> 255); the plugin
-    # (KaeImagePlugin._to_storable) keeps the most significant byte (0x1234 -> 0x12).
-    # This test pins the code's behaviour; see the report about the README mismatch.
+    # README: 16-bit samples keep their most significant byte (v >> 8), where Pillow's own
+    # convert("L") would clip 0x1234 to 255.
     endian = ">" if mode == "I;16B" else "<"
     raw = np.full((8, 12), 0x1234, dtype=endian + "u2").tobytes()
     im = Image.frombytes(mode, (12, 8), raw)
@@ -278,7 +277,7 @@ def test_gain_step_validation(gain_step, small_rgb):
 
 def test_explicit_model_and_gain_step(make_image, roundtrip, psnr_db):
     im = make_image(16, 16)
-    data, out = roundtrip(im, model="kae-high", gain_step=3)
+    _, out = roundtrip(im, model="kae-high", gain_step=3)
     assert out.info["kae_model"] == "kae-high"
     assert psnr_db(np.asarray(im), np.asarray(out)) > 25
 

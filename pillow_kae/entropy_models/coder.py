@@ -39,7 +39,10 @@ class TableCoder:
 
     def encode(self, encoder: object, values: np.ndarray, table_index: np.ndarray) -> None:
         """Append ``values`` (ints) coded with tables ``table_index`` (same shape) to encoder."""
-        values = np.clip(values.ravel().astype(np.int64), -VALUE_LIMIT, VALUE_LIMIT)
+        values = np.asarray(values).ravel()
+        if values.dtype.kind == "f":
+            values = np.nan_to_num(values, nan=0.0)  # clip before the cast keeps the sign
+        values = np.clip(values, -VALUE_LIMIT, VALUE_LIMIT).astype(np.int64)
         table_index = table_index.ravel()
         escaped: list[np.ndarray] = []
         for k, positions in self._groups(table_index):

@@ -69,20 +69,18 @@ def quantize_pmf(pmf: np.ndarray) -> np.ndarray:
     mass, at least ESCAPE_MIN_MASS; rounding error is taken from the largest entries.
     """
     pmf = np.clip(np.asarray(pmf, dtype=np.float64), 0.0, None)
+    if pmf.size + 1 > TOTAL:
+        raise ValueError(f"a table cannot have more than {TOTAL - 1} regular entries")
     tail = max(1.0 - pmf.sum(), ESCAPE_MIN_MASS)
     probs = np.append(pmf, tail)
     probs = probs / probs.sum()
     freqs = np.maximum(1, np.round(probs * TOTAL)).astype(np.int64)
-    excess = int(freqs.sum()) - TOTAL
     order = np.argsort(-freqs, kind="stable")
-    i = 0
-    while excess != 0:
-        index = order[i % len(order)]
-        step = 1 if excess > 0 else -1
-        if freqs[index] - step >= 1:
-            freqs[index] -= step
-            excess -= step
-        i += 1
+    while (excess := int(freqs.sum()) - TOTAL) != 0:
+        if excess < 0:  # one more count to each of the largest entries
+            freqs[order[:-excess]] += 1
+        else:  # one count less from each of the largest entries that can spare it
+            freqs[order[freqs[order] > 1][:excess]] -= 1
     return freqs.astype(np.int32)
 
 
