@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-import pillow_kae  # noqa: F401  (registers .kae)
+from pillow_kae import container
 from benchmarks.jpeg import jpeg_bytes, jpeg_curve, jpeg_psnr_at
 from benchmarks.rd import SAMPLES
 from training.evaluate import psnr
@@ -62,9 +62,13 @@ def main(argv: list[str] | None = None) -> None:
         decode_s = time.perf_counter() - start
         decoded.save(OUT / f"{path.stem}.kae.png")
         size = target.stat().st_size
+        with target.open("rb") as fp:
+            alpha = container.read(fp).alpha
+        # JPEG has no alpha: compare it at the bytes KAE spent on colour alone.
+        colour_bytes = size - (len(alpha) + 12 if alpha else 0)
         rgb = original.convert("RGB")
         kae_rgb = decoded.convert("RGB")
-        jpeg = jpeg_at_bytes(rgb, size)
+        jpeg = jpeg_at_bytes(rgb, colour_bytes)
         side_by_side(rgb, kae_rgb, jpeg).save(OUT / f"side_by_side_{path.stem}.png")
         pixels = original.width * original.height
         rows.append(
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                 size,
                 8 * size / pixels,
                 psnr(np.asarray(rgb), np.asarray(kae_rgb)),
-                jpeg_psnr_at(rgb, size),
+                jpeg_psnr_at(rgb, colour_bytes),
                 encode_s,
                 decode_s,
             )
