@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pillow_kae import container
 from benchmarks.jpeg import jpeg_bytes, jpeg_curve, jpeg_psnr_at
 from benchmarks.rd import SAMPLES
+from pillow_kae import container
 from training.evaluate import psnr
 
 OUT = Path("out/demo")
