@@ -100,7 +100,7 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
     if (header.latent_channels, header.hyper_channels) != (
         model.latent_channels,
         model.hyper_channels,
-    ) or (header.stride, header.hyper_stride) != (codec.STRIDE, codec.HYPER_STRIDE):
+    ) or (header.stride, header.hyper_stride) != (model.stride, model.hyper_stride):
         raise OSError(f"KAE header does not match model {header.model_name!r}")
     if header.tile_size > codec.MAX_TILE_SIZE:
         raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
@@ -188,8 +188,8 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         tile_size=codec.TILE_SIZE,
         latent_channels=model.latent_channels,
         hyper_channels=model.hyper_channels,
-        stride=codec.STRIDE,
-        hyper_stride=codec.HYPER_STRIDE,
+        stride=model.stride,
+        hyper_stride=model.hyper_stride,
         gain_step=gain_step,
     )
     payloads = [

@@ -1,7 +1,7 @@
 """Pixels <-> tile payloads: the learned transforms plus entropy coding of one tile.
 
-A tile is coded on its own (its own z, y and range-coder stream), which bounds memory on
-huge images and lets a decoder work tile by tile. Within a tile:
+A tile is coded on its own (its own latents and range-coder stream), which bounds memory on
+huge images and lets a decoder work tile by tile. For the mean-scale hyperprior:
 
 1. pad to a multiple of 64 (edge replication), y = g_a(x), z = round(h_a(y));
 2. code z with one fixed table per channel;
@@ -9,6 +9,8 @@ huge images and lets a decoder work tile by tile. Within a tile:
 4. code round(g * (y - mu)) with the Gaussian table of each element's index.
 
 The decoder repeats steps 2-4 in the same order, so every table choice is bit-identical.
+The seed-dense model cuts the tile into 48x48 blocks and codes each block's rounded
+bottleneck with one fixed table per channel.
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_MAX,
     SCALE_MIN,
 )
-from pillow_kae.models.hyperprior import HYPER_STRIDE, STRIDE
 from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
 MAX_TILE_SIZE = 4096  # a decoder refuses larger tiles: memory per tile stays bounded
-PAD = STRIDE * HYPER_STRIDE
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
+_DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
 
 
 class TileDecodeError(OSError):
@@ -40,8 +41,31 @@ def gain(step: int) -> float:
     return GAIN_RATIO**step
 
 
-def _padded(size: int) -> int:
-    return -(-size // PAD) * PAD
+def _round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def _pad(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    pad = ((0, _round_up(height, multiple) - height), (0, _round_up(width, multiple) - width))
+    return np.pad(pixels, (*pad, (0, 0)), mode="edge")
+
+
+def _channel_tables(shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(np.arange(shape[-1], dtype=np.int64), shape)
+
+
+def _words(payload: bytes) -> np.ndarray:
+    if len(payload) % 4:
+        raise TileDecodeError("tile payload is not a whole number of 32-bit words")
+    return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- mean-scale hyperprior ------------------------------------------------------------------
 
 
 def _params(model: CodecModel, z_hat: np.ndarray, gain_step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,62 +77,117 @@ def _params(model: CodecModel, z_hat: np.ndarray, gain_step: int) -> tuple[np.nd
     return means, indices
 
 
-def _z_tables(model: CodecModel, shape: tuple[int, ...]) -> np.ndarray:
-    return np.broadcast_to(np.arange(shape[-1], dtype=np.int64), shape)
+def analysis(model: CodecModel, pixels: np.ndarray) -> np.ndarray:
+    """y = g_a(x) of a padded tile, (H/16, W/16, C) float32: also the public features."""
+    from keras import ops
+
+    x = _pad(pixels, model.pad_multiple)[None].astype(np.float32) / 255.0
+    return ops.convert_to_numpy(model.keras_model.g_a(x))[0]
+
+
+def _encode_hyperprior(model: CodecModel, pixels: np.ndarray, gain_step: int) -> bytes:
+    from keras import ops
+
+    y = analysis(model, pixels)
+    z = model.keras_model.h_a(y[None])
+    z_hat = np.rint(ops.convert_to_numpy(z)[0]).astype(np.int64)
+    encoder = new_encoder()
+    model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
+    means, indices = _params(model, z_hat, gain_step)
+    g = gain(gain_step)
+    model.y_coder.encode(encoder, np.rint(g * y.astype(np.float64) - g * means), indices)
+    return np.asarray(encoder.get_compressed(), dtype="<u4").tobytes()
+
+
+def _decode_hyperprior(
+    model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
+) -> np.ndarray:
+    from keras import ops
+
+    multiple = model.pad_multiple
+    z_shape = (
+        _round_up(height, multiple) // multiple,
+        _round_up(width, multiple) // multiple,
+        model.hyper_channels,
+    )
+    try:
+        decoder = new_decoder(_words(payload))
+        z_hat = model.z_coder.decode(decoder, _channel_tables(z_shape))
+        means, indices = _params(model, z_hat, gain_step)
+        symbols = model.y_coder.decode(decoder, indices)
+    except _DECODE_ERRORS as err:
+        # constriction asserts on streams that no encoder could have produced.
+        raise TileDecodeError(f"damaged tile payload: {err}") from err
+    g = gain(gain_step)
+    y_hat = np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
+    x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None]))[0, :height, :width]
+    return _to_uint8(x_hat)
+
+
+# -- seed-dense (48x48 blocks) --------------------------------------------------------------
+
+
+def _blocks(pixels: np.ndarray, block: int) -> tuple[np.ndarray, tuple[int, int]]:
+    padded = _pad(pixels, block)
+    rows, cols = padded.shape[0] // block, padded.shape[1] // block
+    blocks = padded.reshape(rows, block, cols, block, 3).transpose(0, 2, 1, 3, 4)
+    return blocks.reshape(rows * cols, block, block, 3), (rows, cols)
+
+
+def block_latents(model: CodecModel, pixels: np.ndarray) -> np.ndarray:
+    """The seed model's bottleneck per 48x48 block, (rows, cols, 1728) float32."""
+    from keras import ops
+
+    blocks, (rows, cols) = _blocks(pixels, model.pad_multiple)
+    y = model.keras_model.encoder(blocks.astype(np.float32) / 255.0, training=False)
+    return ops.convert_to_numpy(y).reshape(rows, cols, -1)
+
+
+def _encode_blocks(model: CodecModel, pixels: np.ndarray) -> bytes:
+    y_hat = np.rint(block_latents(model, pixels).astype(np.float64))
+    encoder = new_encoder()
+    model.z_coder.encode(encoder, y_hat, _channel_tables(y_hat.shape))
+    return np.asarray(encoder.get_compressed(), dtype="<u4").tobytes()
+
+
+def _decode_blocks(model: CodecModel, payload: bytes, width: int, height: int) -> np.ndarray:
+    from keras import ops
+
+    block = model.pad_multiple
+    rows, cols = _round_up(height, block) // block, _round_up(width, block) // block
+    try:
+        decoder = new_decoder(_words(payload))
+        shape = (rows * cols, model.latent_channels)
+        y_hat = model.z_coder.decode(decoder, _channel_tables(shape))
+    except _DECODE_ERRORS as err:
+        raise TileDecodeError(f"damaged tile payload: {err}") from err
+    y_hat = np.clip(y_hat, -1e4, 1e4).astype(np.float32)
+    x_hat = ops.convert_to_numpy(model.keras_model.decoder(y_hat, training=False))
+    x_hat = x_hat.reshape(rows, cols, block, block, 3).transpose(0, 2, 1, 3, 4)
+    return _to_uint8(x_hat.reshape(rows * block, cols * block, 3)[:height, :width])
+
+
+# -- dispatch -------------------------------------------------------------------------------
 
 
 def encode_tile(model: CodecModel, pixels: np.ndarray, gain_step: int) -> bytes:
     """(h, w, 3) uint8 -> the tile's payload bytes."""
-    from keras import ops
-
-    height, width = pixels.shape[:2]
-    padded = np.pad(
-        pixels,
-        ((0, _padded(height) - height), (0, _padded(width) - width), (0, 0)),
-        mode="edge",
-    )
-    x = padded[None].astype(np.float32) / 255.0
-    net = model.keras_model
-    y = net.g_a(x)
-    z_hat = np.rint(ops.convert_to_numpy(net.h_a(y))[0]).astype(np.int64)
-    y = ops.convert_to_numpy(y)[0].astype(np.float64)
-
-    encoder = new_encoder()
-    model.z_coder.encode(encoder, z_hat, _z_tables(model, z_hat.shape))
-    means, indices = _params(model, z_hat, gain_step)
-    g = gain(gain_step)
-    symbols = np.rint(g * y - g * means)
-    model.y_coder.encode(encoder, symbols, indices)
-    return np.asarray(encoder.get_compressed(), dtype="<u4").tobytes()
+    if model.kind == "seed-dense":
+        if gain_step:
+            raise ValueError("the seed-dense model codes only at gain step 0")
+        return _encode_blocks(model, pixels)
+    return _encode_hyperprior(model, pixels, gain_step)
 
 
 def decode_tile(
     model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
 ) -> np.ndarray:
     """The tile's payload -> (height, width, 3) uint8."""
-    from keras import ops
-
-    if len(payload) % 4:
-        raise TileDecodeError("tile payload is not a whole number of 32-bit words")
-    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    z_shape = (
-        _padded(height) // PAD,
-        _padded(width) // PAD,
-        model.hyper_channels,
-    )
-    try:
-        decoder = new_decoder(words)
-        z_hat = model.z_coder.decode(decoder, _z_tables(model, z_shape))
-        means, indices = _params(model, z_hat, gain_step)
-        symbols = model.y_coder.decode(decoder, indices)
-    except (ValueError, RuntimeError, OverflowError, AssertionError) as err:
-        # constriction asserts on streams that no encoder could have produced.
-        raise TileDecodeError(f"damaged tile payload: {err}") from err
-    g = gain(gain_step)
-    y_hat = (symbols.astype(np.float64) + g * means) / g
-    y_hat = np.clip(y_hat, -1e4, 1e4).astype(np.float32)
-    x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None]))[0, :height, :width]
-    return np.clip(np.rint(x_hat * 255.0), 0, 255).astype(np.uint8)
+    if model.kind == "seed-dense":
+        if gain_step:
+            raise TileDecodeError("the seed-dense model codes only at gain step 0")
+        return _decode_blocks(model, payload, width, height)
+    return _decode_hyperprior(model, payload, width, height, gain_step)
 
 
 def tiles(width: int, height: int, tile_size: int = TILE_SIZE) -> list[tuple[int, int, int, int]]:
@@ -118,19 +197,3 @@ def tiles(width: int, height: int, tile_size: int = TILE_SIZE) -> list[tuple[int
         for top in range(0, height, tile_size)
         for left in range(0, width, tile_size)
     ]
-
-
-def bits_per_pixel(num_bytes: int, width: int, height: int) -> float:
-    return 8.0 * num_bytes / (width * height)
-
-
-__all__ = [
-    "GAIN_RATIO",
-    "TILE_SIZE",
-    "TileDecodeError",
-    "bits_per_pixel",
-    "decode_tile",
-    "encode_tile",
-    "gain",
-    "tiles",
-]

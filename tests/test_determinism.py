@@ -69,12 +69,7 @@ WORKER = textwrap.dedent(
         Image.fromarray(pixels, "RGB").save(kae_path, "KAE", quality=int(quality))
 
         # The same symbols again, computed step by step as codec.encode_tile does.
-        height, width = pixels.shape[:2]
-        padded = np.pad(
-            pixels,
-            ((0, codec._padded(height) - height), (0, codec._padded(width) - width), (0, 0)),
-            mode="edge",
-        )
+        padded = codec._pad(pixels, model.pad_multiple)
         x = padded[None].astype(np.float32) / 255.0
         net = model.keras_model
         y = net.g_a(x)
@@ -110,13 +105,14 @@ WORKER = textwrap.dedent(
             left, top, right, bottom = codec.tiles(header.width, header.height, header.tile_size)[0]
             width, height = right - left, bottom - top
             words = np.frombuffer(kae.tiles[0], dtype="<u4").astype(np.uint32)
+            multiple = model.pad_multiple
             z_shape = (
-                codec._padded(height) // codec.PAD,
-                codec._padded(width) // codec.PAD,
+                codec._round_up(height, multiple) // multiple,
+                codec._round_up(width, multiple) // multiple,
                 model.hyper_channels,
             )
             decoder = new_decoder(words)
-            z_hat = model.z_coder.decode(decoder, codec._z_tables(model, z_shape))
+            z_hat = model.z_coder.decode(decoder, codec._channel_tables(z_shape))
             means, indices = codec._params(model, z_hat, header.gain_step)
             symbols = model.y_coder.decode(decoder, indices)
             with Image.open(kae_path) as im:

@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     train.add_argument("--steps-per-epoch", type=int, default=100)
+    train.add_argument(
+        "--arch",
+        choices=["hyperprior", "seed-dense"],
+        default="hyperprior",
+        help="seed-dense with --lmbda 0 reproduces the blog's float autoencoder",
+    )
+    train.add_argument("--hidden", type=int, default=3456, help="seed-dense hidden width")
+    train.add_argument("--epochs", type=int, default=2, help="seed-dense blog reproduction")
     train.add_argument("--channels", type=int, default=128)
     train.add_argument("--latent-channels", type=int, default=192)
     train.add_argument("--hyper-channels", type=int, default=128)
@@ -43,8 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout
     )
-    if args.command == "train":
+    if args.command == "train" and args.arch == "seed-dense" and args.lmbda == 0:
+        from training.seed import reproduce_blog
+
+        reproduce_blog(
+            args.data, args.out, epochs=args.epochs, hidden=args.hidden, workers=args.workers
+        )
+    elif args.command == "train":
         from training.train import TrainConfig, train
+
+        if args.arch == "seed-dense":
+            kind, arch = "seed-dense", {"hidden": args.hidden}
+        else:
+            kind = "mean-scale-hyperprior"
+            arch = {
+                "channels": args.channels,
+                "latent_channels": args.latent_channels,
+                "hyper_channels": args.hyper_channels,
+            }
 
         config = TrainConfig(
             data=args.data,
@@ -60,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             workers=args.workers,
             steps_per_epoch=args.steps_per_epoch,
-            arch={
-                "channels": args.channels,
-                "latent_channels": args.latent_channels,
-                "hyper_channels": args.hyper_channels,
-            },
+            kind=kind,
+            arch=arch,
         )
         train(config)
     else:

@@ -30,7 +30,10 @@ Z_TAIL_MASS = 1e-6
 
 
 def z_tables(model: object) -> dict[str, np.ndarray]:
-    """Per-channel tables of the factorized prior, each trimmed to where its mass is."""
+    """Per-channel tables of the factorized prior, each trimmed to where its mass is.
+
+    (For the seed-dense model the factorized prior codes the bottleneck itself.)
+    """
     pmf = model.entropy_bottleneck.pmf(-Z_SEARCH_RADIUS, Z_SEARCH_RADIUS)
     offsets, pmfs = [], []
     for row in pmf:
@@ -54,13 +57,15 @@ def export(
     run = Path(run)
     state = json.loads((run / STATE).read_text())
     config = state["config"]
-    model = build_model(config.get("arch", {}))
+    kind = config.get("kind", "mean-scale-hyperprior")
+    model = build_model(config.get("arch", {}), kind)
     assign_weights(model, load_arrays(run / CHECKPOINT))
 
     arrays = weights_to_arrays(model, compact=True)
     arrays.update(z_tables(model))
-    arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
-    arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
+    if kind == "mean-scale-hyperprior":
+        arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
+        arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     data = buffer.getvalue()
@@ -74,6 +79,7 @@ def export(
         sha256=hashlib.sha256(data).hexdigest(),
         arch=config.get("arch", {}),
         lmbda=float(config["lmbda"]),
+        kind=kind,
         training={
             "steps": int(state["step"]),
             "data": data_note or config["data"],

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pillow_kae.models import MeanScaleHyperprior
+from pillow_kae import models
 from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
 from training.data import list_images, load_images, random_crops
 
@@ -47,6 +47,7 @@ class TrainConfig:
     workers: int = 1
     scale_range: tuple[float, float] = (0.5, 0.85)
     weights: list[float] | None = None
+    kind: str = "mean-scale-hyperprior"
     arch: dict = field(default_factory=dict)
 
 
@@ -117,10 +118,8 @@ class _Progress(keras.callbacks.Callback):
         self.last_save = time.monotonic()
 
 
-def build_model(arch: dict) -> MeanScaleHyperprior:
-    model = MeanScaleHyperprior(**arch)
-    model.build()
-    return model
+def build_model(arch: dict, kind: str = "mean-scale-hyperprior") -> keras.Model:
+    return models.build(kind, arch)
 
 
 def train(config: TrainConfig) -> Path:
@@ -148,7 +147,7 @@ def train(config: TrainConfig) -> Path:
     )
 
     keras.utils.set_random_seed(config.seed + start_step)
-    model = build_model(config.arch)
+    model = build_model(config.arch, config.kind)
     if start_step:
         assign_weights(model, load_arrays(run / CHECKPOINT))
         log.info("resuming %s at step %d", run, start_step)

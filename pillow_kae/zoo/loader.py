@@ -38,13 +38,16 @@ class CodecModel:
     def name(self) -> str:
         return self.card.name
 
+    @property
+    def kind(self) -> str:
+        return self.card.kind
+
     @cached_property
     def keras_model(self) -> object:
-        from pillow_kae.models import MeanScaleHyperprior
+        from pillow_kae import models
         from pillow_kae.zoo.weights import assign_weights
 
-        model = MeanScaleHyperprior(**self.card.arch)
-        model.build()
+        model = models.build(self.kind, self.card.arch)
         assign_weights(model, self.arrays)
         return model
 
@@ -66,11 +69,31 @@ class CodecModel:
 
     @property
     def latent_channels(self) -> int:
+        """Channels of the coded latent (the bottleneck, for seed-dense)."""
+        if self.kind == "seed-dense":
+            return int(self.card.arch.get("bottleneck", 1728))
         return int(self.card.arch.get("latent_channels", 192))
 
     @property
     def hyper_channels(self) -> int:
+        """Channels of the factorized prior: z, or the bottleneck itself for seed-dense."""
+        if self.kind == "seed-dense":
+            return self.latent_channels
         return int(self.card.arch.get("hyper_channels", 128))
+
+    @property
+    def stride(self) -> int:
+        """Pixels per latent position: 16, or the 48-pixel block of seed-dense."""
+        return int(self.card.arch.get("block", 48)) if self.kind == "seed-dense" else 16
+
+    @property
+    def hyper_stride(self) -> int:
+        return 1 if self.kind == "seed-dense" else 4
+
+    @property
+    def pad_multiple(self) -> int:
+        """Tiles are padded to a multiple of this before the analysis transform."""
+        return self.stride * self.hyper_stride
 
 
 _cache: dict[str, CodecModel] = {}
