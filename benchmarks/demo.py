@@ -63,12 +63,14 @@ def main(argv: list[str] | None = None) -> None:
         decoded.save(OUT / f"{path.stem}.kae.png")
         size = target.stat().st_size
         with target.open("rb") as fp:
-            alpha = container.read(fp).alpha
-        # JPEG has no alpha: compare it at the bytes KAE spent on colour alone.
-        colour_bytes = size - (len(alpha) + 12 if alpha else 0)
+            kae = container.read(fp)
+        # Compare with JPEG (no alpha, no metadata here) at the bytes of the coded image:
+        # the file less its lossless alpha and its EXIF/ICC/XMP chunks (12 bytes of framing).
+        extras = (kae.alpha, kae.exif, kae.icc_profile, kae.xmp)
+        image_bytes = size - sum(len(e) + 12 for e in extras if e)
         rgb = original.convert("RGB")
         kae_rgb = decoded.convert("RGB")
-        jpeg = jpeg_at_bytes(rgb, colour_bytes)
+        jpeg = jpeg_at_bytes(rgb, image_bytes)
         side_by_side(rgb, kae_rgb, jpeg).save(OUT / f"side_by_side_{path.stem}.png")
         pixels = original.width * original.height
         rows.append(
@@ -77,16 +79,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"{original.width}x{original.height} {original.mode}",
                 pixels,
                 size,
-                8 * size / pixels,
+                8 * image_bytes / pixels,
                 psnr(np.asarray(rgb), np.asarray(kae_rgb)),
-                jpeg_psnr_at(rgb, colour_bytes),
+                jpeg_psnr_at(rgb, image_bytes),
                 encode_s,
                 decode_s,
             )
         )
     print(f"\nquality {args.quality}; images from {args.images}; results in {OUT}/")
     header = (
-        f"{'file':<20} {'size/mode':<16} {'pixels':>8} {'bytes':>7} {'bpp':>6} "
+        f"{'file':<20} {'size/mode':<16} {'pixels':>8} {'bytes':>7} {'bpp*':>6} "
         f"{'PSNR':>6} {'JPEG@=bytes':>11} {'enc s':>6} {'dec s':>6}"
     )
     print(header)
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{enc:6.2f} {dec:6.2f}"
         )
     print(
-        "(PSNR on RGB in dB; JPEG@=bytes: Pillow JPEG 4:2:0 optimized, interpolated at equal bytes)"
+        "(bytes: the whole .kae file; bpp*: its coded image alone, without metadata and "
+        "lossless alpha; PSNR on RGB in dB; JPEG@=bytes: Pillow JPEG 4:2:0 optimized, "
+        "interpolated at those image bytes)"
     )
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 from pillow_kae import KaeImagePlugin
+from pillow_kae.analysis import features, surprise
 
 __version__ = "0.1.0"
-__all__ = ["KaeImagePlugin", "__version__"]
+__all__ = ["KaeImagePlugin", "__version__", "features", "surprise"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -6,6 +6,7 @@ Subcommands::
     kae decode IN OUT                      KAE -> the format OUT's extension names
     kae info FILE [FILE ...] [--json]      header fields, size and bpp (no TensorFlow)
     kae models                             installed models and the quality ladder
+    kae surprise FILE... [--model M]       bits per pixel each image costs (low = familiar)
 
 ``info`` and ``models`` read only headers and model cards, so they never import
 TensorFlow. Errors in the input are reported as one ``kae: error: ...`` line on stderr
@@ -293,6 +294,26 @@ def _quality(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid quality {text!r}: not an integer") from None
 
 
+def cmd_surprise(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pillow_kae.analysis import surprise
+
+    quality_ladder.choose(args.quality, args.model)  # bad options fail before any work
+    failed = False
+    show = len(args.files) > 1 and sys.stderr.isatty()
+    for name in tqdm(args.files, desc="surprise", disable=not show):
+        try:
+            with Image.open(name) as im:
+                score = surprise(im, model=args.model, quality=args.quality)
+        except _INPUT_ERRORS as err:
+            _report(CliError(f"{name}: {_describe(err)}"))
+            failed = True
+            continue
+        print(f"{score:.4f}\t{name}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Encode, decode and inspect KAE (.kae) learned images."
@@ -333,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", parents=[common], help="list installed models and the ladder")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "surprise",
+        parents=[common],
+        help="bits per pixel a model needs for each image (low = familiar)",
+    )
+    p.add_argument("files", metavar="FILE", nargs="+", help="images Pillow can read")
+    p.add_argument("--model", help="installed model to score with (see 'kae models')")
+    p.add_argument("-q", "--quality", type=_quality, default=DEFAULT_QUALITY)
+    p.set_defaults(func=cmd_surprise)
     return parser
 
 

@@ -1,0 +1,76 @@
+"""Uses of a trained model beyond files: how surprising an image is, and its features.
+
+``surprise`` is the rate the model's entropy model spends on an image: images like the
+training data are cheap, unfamiliar ones are expensive (the seed's "is this a kitten?").
+``features`` is the encoder half's output, for use by other models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from pillow_kae.zoo import quality as quality_ladder
+
+DEFAULT_QUALITY = 75
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"expected a PIL.Image.Image, not {type(img).__name__}")
+    if img.width < 1 or img.height < 1:
+        raise ValueError("empty image")
+    return np.asarray(img.convert("RGB"))
+
+
+def surprise(img: Image.Image, model: str | None = None, quality: int = DEFAULT_QUALITY) -> float:
+    """Bits per pixel the model's entropy coder needs for ``img`` (no file is written).
+
+    The figure is the size of the entropy-coded payloads, without container overhead or
+    alpha. A low score means the image is like what the model was trained on.
+    """
+    from pillow_kae import codec
+    from pillow_kae.zoo import loader
+
+    name, step = quality_ladder.choose(quality, model)
+    coder = loader.load(name)
+    if coder.kind == "seed-dense":
+        step = 0
+    rgb = _rgb(img)
+    height, width = rgb.shape[:2]
+    total = sum(
+        len(codec.encode_tile(coder, rgb[top:bottom, left:right], step))
+        for left, top, right, bottom in codec.tiles(width, height)
+    )
+    return 8.0 * total / (width * height)
+
+
+def features(img: Image.Image, model: str | None = None) -> np.ndarray:
+    """The encoder half's output for ``img``, float32, one vector per latent position.
+
+    Shape (ceil(H/16), ceil(W/16), 192) for the conv models (y = g_a(x), one 192-vector
+    per 16x16 pixels), (ceil(H/48), ceil(W/48), 1728) for seed-dense (one bottleneck per
+    48x48 block, edges padded by replication). The image is processed in tiles, so memory
+    stays bounded; the default model is the one ``quality=75`` uses.
+    """
+    from pillow_kae import codec
+    from pillow_kae.zoo import loader
+
+    name, _ = quality_ladder.choose(DEFAULT_QUALITY, model)
+    coder = loader.load(name)
+    rgb = _rgb(img)
+    height, width = rgb.shape[:2]
+    stride = coder.stride
+    tile = codec.TILE_SIZE // stride * stride  # tiles must cut on latent boundaries
+    out = np.zeros((-(-height // stride), -(-width // stride), coder.latent_channels), np.float32)
+    for left, top, right, bottom in codec.tiles(width, height, tile):
+        pixels = rgb[top:bottom, left:right]
+        if coder.kind == "seed-dense":
+            latent = codec.block_latents(coder, pixels)
+        else:
+            latent = codec.analysis(coder, pixels)
+        rows, cols = -(-(bottom - top) // stride), -(-(right - left) // stride)
+        out[top // stride : top // stride + rows, left // stride : left // stride + cols] = latent[
+            :rows, :cols
+        ]
+    return out
