@@ -85,6 +85,8 @@ def export(
             "data": data_note or config["data"],
             "patch": config.get("patch"),
             "batch": config.get("batch"),
+            "init": config.get("init"),
+            "lr": config.get("lr"),
         },
     )
     card_path = WEIGHTS_DIR / f"{name}.json"

@@ -1,0 +1,118 @@
+""""Is this a kitten?": how well rate-based scores separate cats from other photos.
+
+    python -m benchmarks.kitten [--general-run runs/seed-dense-bsds] [--limit N]
+
+Positives: ../shared/data/cats/valid (never trained on). Negatives: Kodak and BSDS500 val.
+Each score is "lower = more cat-like"; AUROC is the probability that a random non-cat
+scores higher than a random cat (0.5 = chance). Scores:
+
+- jpeg: Pillow JPEG q75 bits per pixel, the trivial baseline (image complexity);
+- kae-mid / seed-dense: ``pillow_kae.surprise`` with that shipped model (real coding);
+- ratios of a cats-only model's rate to a general model's rate, which cancel complexity.
+  ``--general-run`` adds a seed-dense model trained on BSDS500/train (a run directory, not
+  shipped) whose rate is the model's own estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarks.rd import KODAK
+from pillow_kae.analysis import surprise
+
+SHARED = KODAK.parent
+MAX_SIDE = 512  # larger images are downscaled first, so every set is seen at a similar scale
+
+
+def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(negative > positive) + P(tie)/2, by ranks (Mann-Whitney U)."""
+    scores = np.concatenate([positives, negatives])
+    order = scores.argsort(kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks of ties
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    u = ranks[len(positives) :].sum() - len(negatives) * (len(negatives) + 1) / 2
+    return float(u / (len(positives) * len(negatives)))
+
+
+def jpeg_bpp(image: Image.Image) -> float:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=75, subsampling=2, optimize=True)
+    return 8 * buffer.tell() / (image.width * image.height)
+
+
+def estimated_bpp(model: object, image: Image.Image) -> float:
+    """Rate a seed-dense Keras model's own entropy model estimates for the image's blocks."""
+    from keras import ops
+
+    from pillow_kae.codec import _blocks
+
+    blocks, _ = _blocks(np.asarray(image), model.block)
+    out = model(blocks.astype(np.float32) / 255.0, training=False)
+    return float(np.mean(ops.convert_to_numpy(out["bpp"])))
+
+
+def load_run(run: Path) -> object:
+    import json
+
+    from pillow_kae import models
+    from pillow_kae.zoo.weights import assign_weights, load_arrays
+
+    config = json.loads((run / "state.json").read_text())["config"]
+    model = models.build(config["kind"], config["arch"])
+    assign_weights(model, load_arrays(run / "checkpoint.npz"))
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--general-run", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="at most N images per set")
+    args = parser.parse_args(argv)
+    sets = {
+        "cats/valid": SHARED / "cats" / "valid",
+        "kodak": KODAK,
+        "bsds500/val": SHARED / "bsds500" / "val",
+    }
+    general = load_run(args.general_run) if args.general_run else None
+    rows: dict[str, list[dict[str, float]]] = {}
+    for label, folder in sets.items():
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg"})
+        rows[label] = []
+        for path in tqdm(paths[: args.limit], desc=label):
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+            image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            score = {
+                "jpeg": jpeg_bpp(image),
+                "kae-mid": surprise(image, model="kae-mid"),
+                "seed-dense": surprise(image, model="seed-dense"),
+            }
+            score["seed-dense / kae-mid"] = score["seed-dense"] / score["kae-mid"]
+            score["seed-dense / jpeg"] = score["seed-dense"] / score["jpeg"]
+            if general is not None:
+                score["seed-dense-bsds (est.)"] = estimated_bpp(general, image)
+                score["seed-dense / seed-dense-bsds"] = (
+                    score["seed-dense"] / score["seed-dense-bsds (est.)"]
+                )
+            rows[label].append(score)
+    cats = rows["cats/valid"]
+    others = rows["kodak"] + rows["bsds500/val"]
+    print(f"\npositives: cats/valid ({len(cats)}); negatives: kodak + bsds500/val ({len(others)})")
+    print(f"{'score (low = cat)':<30} {'cats mean':>10} {'others mean':>12} {'AUROC':>7}")
+    for key in cats[0]:
+        pos = np.array([r[key] for r in cats])
+        neg = np.array([r[key] for r in others])
+        print(f"{key:<30} {pos.mean():10.4f} {neg.mean():12.4f} {auroc(pos, neg):7.3f}")
+
+
+if __name__ == "__main__":
+    main()
