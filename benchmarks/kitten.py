@@ -10,7 +10,10 @@ scores higher than a random cat (0.5 = chance). Scores:
 - kae-mid / seed-dense: ``pillow_kae.surprise`` with that shipped model (real coding);
 - ratios of a cats-only model's rate to a general model's rate, which cancel complexity.
   ``--general-run`` adds a seed-dense model trained on BSDS500/train (a run directory, not
-  shipped) whose rate is the model's own estimate.
+  shipped) whose rate is the model's own estimate;
+- seed-dense MSE: the blog's own anomaly score, how badly the cat model reconstructs;
+- and, supervised for comparison: a logistic regression on ``pillow_kae.features`` averaged
+  over positions (5-fold cross-validated), the "features for other models" use.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.rd import KODAK
-from pillow_kae.analysis import surprise
+from pillow_kae.analysis import features, surprise
 
 SHARED = KODAK.parent
 MAX_SIDE = 512  # larger images are downscaled first, so every set is seen at a similar scale
@@ -60,6 +63,38 @@ def estimated_bpp(model: object, image: Image.Image) -> float:
     return float(np.mean(ops.convert_to_numpy(out["bpp"])))
 
 
+def seed_mse(model: object, image: Image.Image) -> float:
+    """Mean squared error (0-1 scale) of the seed model's float reconstruction of the blocks."""
+    from keras import ops
+
+    from pillow_kae.codec import _blocks
+
+    blocks, _ = _blocks(np.asarray(image), model.block)
+    x = blocks.astype(np.float32) / 255.0
+    y = model.encoder(x, training=False)
+    x_hat = ops.convert_to_numpy(model.decoder(ops.round(y), training=False))
+    return float(np.mean((x_hat - x) ** 2))
+
+
+def probe_auroc(cats: np.ndarray, others: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """AUROC of a cross-validated logistic regression (numpy, L2) on pooled features."""
+    x = np.concatenate([cats, others]).astype(np.float64)
+    label = np.concatenate([np.zeros(len(cats)), np.ones(len(others))])  # 1 = not a cat
+    fold = np.random.default_rng(seed).permutation(len(x)) % folds
+    scores = np.empty(len(x))
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+        a, b = (x[train] - mean) / std, label[train]
+        w, bias = np.zeros(x.shape[1]), 0.0
+        for _ in range(500):  # gradient descent on the logistic loss
+            p = 1 / (1 + np.exp(-(a @ w + bias)))
+            w -= 0.1 * (a.T @ (p - b) / len(a) + 1e-2 * w)
+            bias -= 0.1 * float(np.mean(p - b))
+        scores[test] = ((x[test] - mean) / std) @ w + bias
+    return auroc(scores[label == 0], scores[label == 1])
+
+
 def load_run(run: Path) -> object:
     import json
 
@@ -83,10 +118,14 @@ def main(argv: list[str] | None = None) -> None:
         "bsds500/val": SHARED / "bsds500" / "val",
     }
     general = load_run(args.general_run) if args.general_run else None
+    from pillow_kae.zoo.loader import load
+
+    seed_model = load("seed-dense").keras_model
     rows: dict[str, list[dict[str, float]]] = {}
+    pooled: dict[str, list[np.ndarray]] = {}
     for label, folder in sets.items():
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg"})
-        rows[label] = []
+        rows[label], pooled[label] = [], []
         for path in tqdm(paths[: args.limit], desc=label):
             with Image.open(path) as im:
                 image = im.convert("RGB")
@@ -96,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                 "kae-mid": surprise(image, model="kae-mid"),
                 "seed-dense": surprise(image, model="seed-dense"),
             }
+            score["seed-dense MSE (blog)"] = seed_mse(seed_model, image)
             score["seed-dense / kae-mid"] = score["seed-dense"] / score["kae-mid"]
             score["seed-dense / jpeg"] = score["seed-dense"] / score["jpeg"]
             if general is not None:
@@ -104,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                     score["seed-dense"] / score["seed-dense-bsds (est.)"]
                 )
             rows[label].append(score)
+            pooled[label].append(features(image).mean(axis=(0, 1)))
     cats = rows["cats/valid"]
     others = rows["kodak"] + rows["bsds500/val"]
     print(f"\npositives: cats/valid ({len(cats)}); negatives: kodak + bsds500/val ({len(others)})")
@@ -112,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         pos = np.array([r[key] for r in cats])
         neg = np.array([r[key] for r in others])
         print(f"{key:<30} {pos.mean():10.4f} {neg.mean():12.4f} {auroc(pos, neg):7.3f}")
+    probe = probe_auroc(
+        np.array(pooled["cats/valid"]), np.array(pooled["kodak"] + pooled["bsds500/val"])
+    )
+    print(f"supervised: logistic regression on mean features(img), 5-fold CV: AUROC {probe:.3f}")
 
 
 if __name__ == "__main__":
