@@ -1,10 +1,10 @@
 """``quality`` (1-100) -> (model, gain step).
 
 The ladder lists rate points in increasing order of bytes: each is a shipped model at a
-latent gain step. Quality spreads evenly over the ladder, so a lower quality never gives a
-larger file (on average; the steps were measured on Kodak by ``benchmarks/ladder.py``,
-which prints the figures this table was chosen from: every point is on the lower envelope
-of the shipped models and above JPEG's PSNR at the same bytes).
+latent gain step. Without a ``model`` option, quality spreads evenly over the ladder, so a
+lower quality never gives a larger file (on average; the steps were measured on Kodak by
+``benchmarks/ladder.py``, which prints the figures this table was chosen from: every point
+is on the lower envelope of the shipped models and above JPEG's PSNR at the same bytes).
 """
 
 from __future__ import annotations
@@ -35,25 +35,33 @@ def _check_quality(quality: object) -> int:
 
 
 def ladder(model: str | None = None) -> list[tuple[str, int]]:
-    """The rate points available (of one model, if given), in increasing order of rate."""
+    """The rate points of the default ladder (of one model, if given), by increasing rate."""
     models = installed()
     points = [p for p in LADDER if p[0] in models and (model is None or p[0] == model)]
-    if model is not None and not points:
-        points = [(model, 0)]
-    if not points:
+    if not points and model is None:
         raise OSError("no KAE model is installed")
     return points
+
+
+def model_gain_step(quality: int, model: str) -> int:
+    """With an explicit model, quality moves along that model's own rate: 75 is the rate it
+    was trained for (gain step 0), each 12.5 quality points one gain step, within -6..+2
+    (beyond those the shipped models fall behind JPEG). seed-dense has one rate only."""
+    if card(model).kind == "seed-dense":
+        return 0
+    return min(max(round((quality - 75) / 12.5), -6), 2)
 
 
 def choose(quality: object, model: str | None = None, gain_step: object = None) -> tuple[str, int]:
     """Validate the save options and pick the rate point; unknown models are a ValueError."""
     quality = _check_quality(quality)
-    if model is not None:
-        if not isinstance(model, str):
-            raise ValueError(f"model must be a model name, not {model!r}")
-        card(model)
-    points = ladder(model)
-    name, step = points[round((quality - 1) / 99 * (len(points) - 1))]
+    if model is None:
+        points = ladder()
+        name, step = points[round((quality - 1) / 99 * (len(points) - 1))]
+    elif not isinstance(model, str):
+        raise ValueError(f"model must be a model name, not {model!r}")
+    else:
+        name, step = model, model_gain_step(quality, model)
     if gain_step is not None:
         if isinstance(gain_step, bool) or not isinstance(gain_step, int):
             raise ValueError(f"gain_step must be an integer, not {gain_step!r}")
