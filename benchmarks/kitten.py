@@ -1,4 +1,4 @@
-""""Is this a kitten?": how well rate-based scores separate cats from other photos.
+""" "Is this a kitten?": how well rate-based scores separate cats from other photos.
 
     python -m benchmarks.kitten [--general-run runs/seed-dense-bsds] [--limit N]
 
