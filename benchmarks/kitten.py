@@ -1,6 +1,6 @@
 """ "Is this a kitten?": how well rate-based scores separate cats from other photos.
 
-    python -m benchmarks.kitten [--general-run runs/seed-dense-bsds] [--limit N]
+    python -m benchmarks.kitten [--pair CATS_RUN GENERAL_RUN]... [--limit N]
 
 Positives: ../shared/data/cats/valid (never trained on). Negatives: Kodak and BSDS500 val.
 Each score is "lower = more cat-like"; AUROC is the probability that a random non-cat
@@ -9,8 +9,8 @@ scores higher than a random cat (0.5 = chance). Scores:
 - jpeg: Pillow JPEG q75 bits per pixel, the trivial baseline (image complexity);
 - kae-mid / seed-dense: ``pillow_kae.surprise`` with that shipped model (real coding);
 - ratios of a cats-only model's rate to a general model's rate, which cancel complexity.
-  ``--general-run`` adds a seed-dense model trained on BSDS500/train (a run directory, not
-  shipped) whose rate is the model's own estimate;
+  Each ``--pair`` names two run directories (not shipped: trained on cats/train only and on
+  BSDS500/train only) whose rates are the models' own estimates;
 - seed-dense MSE: the blog's own anomaly score, how badly the cat model reconstructs;
 - and, supervised for comparison: a logistic regression on ``pillow_kae.features`` averaged
   over positions (5-fold cross-validated), the "features for other models" use.
@@ -53,14 +53,20 @@ def jpeg_bpp(image: Image.Image) -> float:
 
 
 def estimated_bpp(model: object, image: Image.Image) -> float:
-    """Rate a seed-dense Keras model's own entropy model estimates for the image's blocks."""
+    """Bits per pixel a Keras model's own entropy model estimates for the image."""
     from keras import ops
 
-    from pillow_kae.codec import _blocks
+    from pillow_kae.codec import _blocks, _pad
 
-    blocks, _ = _blocks(np.asarray(image), model.block)
-    out = model(blocks.astype(np.float32) / 255.0, training=False)
-    return float(np.mean(ops.convert_to_numpy(out["bpp"])))
+    pixels = np.asarray(image)
+    if hasattr(model, "block"):  # seed-dense: 48x48 blocks
+        blocks, _ = _blocks(pixels, model.block)
+        out = model(blocks.astype(np.float32) / 255.0, training=False)
+        return float(np.mean(ops.convert_to_numpy(out["bpp"])))
+    padded = _pad(pixels, 64)
+    out = model(padded[None].astype(np.float32) / 255.0, training=False)
+    bits = float(ops.convert_to_numpy(out["bpp"])[0]) * padded.shape[0] * padded.shape[1]
+    return bits / (pixels.shape[0] * pixels.shape[1])
 
 
 def seed_mse(model: object, image: Image.Image) -> float:
@@ -109,7 +115,15 @@ def load_run(run: Path) -> object:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--general-run", type=Path, default=None)
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        type=Path,
+        default=[],
+        metavar=("CATS_RUN", "GENERAL_RUN"),
+        help="two run directories whose rate ratio is scored",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most N images per set")
     args = parser.parse_args(argv)
     sets = {
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         "kodak": KODAK,
         "bsds500/val": SHARED / "bsds500" / "val",
     }
-    general = load_run(args.general_run) if args.general_run else None
+    pairs = [(c.name, load_run(c), g.name, load_run(g)) for c, g in args.pair]
     from pillow_kae.zoo.loader import load
 
     seed_model = load("seed-dense").keras_model
@@ -138,11 +152,12 @@ def main(argv: list[str] | None = None) -> None:
             score["seed-dense MSE (blog)"] = seed_mse(seed_model, image)
             score["seed-dense / kae-mid"] = score["seed-dense"] / score["kae-mid"]
             score["seed-dense / jpeg"] = score["seed-dense"] / score["jpeg"]
-            if general is not None:
-                score["seed-dense-bsds (est.)"] = estimated_bpp(general, image)
-                score["seed-dense / seed-dense-bsds"] = (
-                    score["seed-dense"] / score["seed-dense-bsds (est.)"]
-                )
+            for cats_name, cats_model, general_name, general_model in pairs:
+                cats_bpp = estimated_bpp(cats_model, image)
+                general_bpp = estimated_bpp(general_model, image)
+                score[f"{cats_name} (est.)"] = cats_bpp
+                score[f"{general_name} (est.)"] = general_bpp
+                score[f"{cats_name} / {general_name}"] = cats_bpp / general_bpp
             rows[label].append(score)
             pooled[label].append(features(image).mean(axis=(0, 1)))
     cats = rows["cats/valid"]
