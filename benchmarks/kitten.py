@@ -108,7 +108,7 @@ def load_run(run: Path) -> object:
     from pillow_kae.zoo.weights import assign_weights, load_arrays
 
     config = json.loads((run / "state.json").read_text())["config"]
-    model = models.build(config["kind"], config["arch"])
+    model = models.build(config.get("kind", "mean-scale-hyperprior"), config.get("arch", {}))
     assign_weights(model, load_arrays(run / "checkpoint.npz"))
     return model
 
