@@ -3,7 +3,8 @@
 A tile is coded on its own (its own latents and range-coder stream), which bounds memory on
 huge images and lets a decoder work tile by tile. For the mean-scale hyperprior:
 
-1. pad to a multiple of 64 (edge replication), y = g_a(x), z = round(h_a(y));
+1. pad to a multiple of 64 (edge replication, content centred), y = g_a(x),
+   z = round(h_a(y));
 2. code z with one fixed table per channel;
 3. run the fixed-point h_s on z (integers only) -> means and scale-table indices;
 4. code round(g * (y - mu)) with the Gaussian table of each element's index.
@@ -46,9 +47,28 @@ def _round_up(size: int, multiple: int) -> int:
 
 
 def _pad(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    """Edge-replicate on the bottom and right up to a multiple: latents stay aligned."""
     height, width = pixels.shape[:2]
     pad = ((0, _round_up(height, multiple) - height), (0, _round_up(width, multiple) - width))
     return np.pad(pixels, (*pad, (0, 0)), mode="edge")
+
+
+def _centre_offsets(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """Top and left padding of a tile: half of the padding, rounded down, goes first."""
+    return (_round_up(height, multiple) - height) // 2, (_round_up(width, multiple) - width) // 2
+
+
+def _pad_centred(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    """Edge-replicate on all sides up to a multiple, the content in the middle.
+
+    The transforms see zeros beyond the padded tile; centring keeps a small image away
+    from that frame on every side (top-left padding left it in the corner, visibly darker).
+    """
+    height, width = pixels.shape[:2]
+    top, left = _centre_offsets(height, width, multiple)
+    bottom = _round_up(height, multiple) - height - top
+    right = _round_up(width, multiple) - width - left
+    return np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge")
 
 
 def _channel_tables(shape: tuple[int, ...]) -> np.ndarray:
@@ -77,18 +97,23 @@ def _params(model: CodecModel, z_hat: np.ndarray, gain_step: int) -> tuple[np.nd
     return means, indices
 
 
-def analysis(model: CodecModel, pixels: np.ndarray) -> np.ndarray:
-    """y = g_a(x) of a padded tile, (H/16, W/16, C) float32: also the public features."""
+def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np.ndarray:
+    """y = g_a(x) of a padded tile, (H/16, W/16, C) float32.
+
+    The codec pads ``centred``; the public features pad bottom-right so that latent (i, j)
+    covers pixels [16i, 16i + 16) x [16j, 16j + 16).
+    """
     from keras import ops
 
-    x = _pad(pixels, model.pad_multiple)[None].astype(np.float32) / 255.0
+    padded = (_pad_centred if centred else _pad)(pixels, model.pad_multiple)
+    x = padded[None].astype(np.float32) / 255.0
     return ops.convert_to_numpy(model.keras_model.g_a(x))[0]
 
 
 def _encode_hyperprior(model: CodecModel, pixels: np.ndarray, gain_step: int) -> bytes:
     from keras import ops
 
-    y = analysis(model, pixels)
+    y = analysis(model, pixels, centred=True)
     z = model.keras_model.h_a(y[None])
     z_hat = np.rint(ops.convert_to_numpy(z)[0]).astype(np.int64)
     encoder = new_encoder()
@@ -120,8 +145,9 @@ def _decode_hyperprior(
         raise TileDecodeError(f"damaged tile payload: {err}") from err
     g = gain(gain_step)
     y_hat = np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
-    x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None]))[0, :height, :width]
-    return _to_uint8(x_hat)
+    top, left = _centre_offsets(height, width, multiple)
+    x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None]))[0]
+    return _to_uint8(x_hat[top : top + height, left : left + width])
 
 
 # -- seed-dense (48x48 blocks) --------------------------------------------------------------

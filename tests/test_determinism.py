@@ -69,7 +69,7 @@ WORKER = textwrap.dedent(
         Image.fromarray(pixels, "RGB").save(kae_path, "KAE", quality=int(quality))
 
         # The same symbols again, computed step by step as codec.encode_tile does.
-        padded = codec._pad(pixels, model.pad_multiple)
+        padded = codec._pad_centred(pixels, model.pad_multiple)
         x = padded[None].astype(np.float32) / 255.0
         net = model.keras_model
         y = net.g_a(x)

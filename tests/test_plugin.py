@@ -14,6 +14,7 @@ from PIL import Image
 
 from pillow_kae import KaeImagePlugin
 from pillow_kae.zoo import installed
+from tests.conftest import decode, encode
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 
@@ -368,3 +369,11 @@ def test_header_only_open_does_not_import_tensorflow(tmp_path, make_image, kae_e
         """
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("size", [(8, 8), (1, 1), (70, 9)])
+def test_small_flat_image_has_no_dark_corner(size):
+    """Tiles are padded with the content centred, away from the transforms' zero frame."""
+    colour = (200, 100, 50)
+    out = np.asarray(decode(encode(Image.new("RGB", size, colour), quality=75)), dtype=int)
+    assert np.abs(out - colour).max() <= 12
