@@ -56,14 +56,14 @@ def estimated_bpp(model: object, image: Image.Image) -> float:
     """Bits per pixel a Keras model's own entropy model estimates for the image."""
     from keras import ops
 
-    from pillow_kae.codec import _blocks, _pad
+    from pillow_kae.codec import _blocks, _pad_centred
 
     pixels = np.asarray(image)
     if hasattr(model, "block"):  # seed-dense: 48x48 blocks
         blocks, _ = _blocks(pixels, model.block)
         out = model(blocks.astype(np.float32) / 255.0, training=False)
         return float(np.mean(ops.convert_to_numpy(out["bpp"])))
-    padded = _pad(pixels, 64)
+    padded = _pad_centred(pixels, 64)
     out = model(padded[None].astype(np.float32) / 255.0, training=False)
     bits = float(ops.convert_to_numpy(out["bpp"])[0]) * padded.shape[0] * padded.shape[1]
     return bits / (pixels.shape[0] * pixels.shape[1])
