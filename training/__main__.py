@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         "--weights", type=float, nargs="+", help="sampling weight of each --data folder"
     )
     train.add_argument("--lmbda", type=float, required=True, help="rate-distortion trade-off")
-    train.add_argument("--steps", type=int, required=True)
+    train.add_argument("--steps", type=int, help="total steps (not for the blog reproduction)")
     train.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     train.add_argument("--patch", type=int, default=192)
     train.add_argument("--batch", type=int, default=16)
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train":
         from training.train import TrainConfig, train
 
+        if args.steps is None:
+            parser.error("train needs --steps (except --arch seed-dense --lmbda 0)")
         if args.arch == "seed-dense":
             kind, arch = "seed-dense", {"hidden": args.hidden}
         else:
