@@ -3,7 +3,8 @@
 # Expects wheels for keras (+ namex, optree) in .whl/ and training photos in data_bundle/
 # (see training/README.md); writes each run directory under $OUT.
 # Usage: MINUTES=7 bash training/device_train.sh [name:lambda ...]
-# DATA=dir (holding bsds/ and cats/) and INIT=dir (holding NAME/checkpoint.npz to warm-start).
+# DATA=dir (holding bsds/ and cats/); INIT=dir (holding NAME/checkpoint.npz) or WARM=1
+# (pillow_kae/weights/kae-NAME.npz) to warm-start.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -15,7 +16,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for spec in "${specs[@]}"; do
     name=${spec%%:*}
     init=()
-    [ -n "${INIT:-}" ] && init=(--init "$INIT/$name/checkpoint.npz")
+    if [ -n "${INIT:-}" ]; then
+        init=(--init "$INIT/$name/checkpoint.npz")
+    elif [ -n "${WARM:-}" ]; then
+        init=(--init "pillow_kae/weights/kae-$name.npz")  # the shipped weights
+    fi
     python3 -m training train "${init[@]}" --data "${DATA:-data_bundle}/bsds" \
         "${DATA:-data_bundle}/cats" --weights 0.4 0.6 \
         --lmbda "${spec##*:}" --steps "${STEPS:-1000000}" --minutes "${MINUTES:-7}" \
