@@ -7,15 +7,19 @@ removes the 8x8 block structure so that the codec learns images, not JPEG artefa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -28,6 +32,14 @@ def list_images(dirs: Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"no images under {directory}")
         paths.extend(found)
     return paths
+
+
+def parallel_map(function: Callable[[T], R], jobs: Sequence[T], workers: int) -> list[R]:
+    """Map over a process pool (spawn, not fork: the parent may run JAX/TF threads)."""
+    if workers <= 1:
+        return [function(job) for job in jobs]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(function, jobs, chunksize=32))
 
 
 def _load_downscaled(args: tuple[str, float, int]) -> np.ndarray | None:
@@ -54,12 +66,7 @@ def load_images(
     """Decode and downscale each image once, by a random factor in ``scale_range``."""
     rng = np.random.default_rng(seed)
     jobs = [(str(p), float(rng.uniform(*scale_range)), min_side) for p in paths]
-    if workers > 1:
-        # spawn, not fork: the parent may already run JAX/TensorFlow threads.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            images = list(pool.map(_load_downscaled, jobs, chunksize=32))
-    else:
-        images = [_load_downscaled(job) for job in jobs]
+    images = parallel_map(_load_downscaled, jobs, workers)
     kept = [im for im in images if im is not None]
     log.info("loaded %d images (%d too small)", len(kept), len(images) - len(kept))
     return kept

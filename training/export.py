@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pillow_kae import models
 from pillow_kae.entropy_models.fixed_point import log_scale_thresholds_fixed
 from pillow_kae.entropy_models.gaussian_conditional import log_scale_thresholds, scale_table
 from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
 from pillow_kae.zoo import WEIGHTS_DIR, ModelCard, installed
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import assign_weights, load_arrays, weights_to_arrays
-from training.train import CHECKPOINT, STATE, build_model
+from training.train import CHECKPOINT, STATE
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def export(
     state = json.loads((run / STATE).read_text())
     config = state["config"]
     kind = config.get("kind", "mean-scale-hyperprior")
-    model = build_model(config.get("arch", {}), kind)
+    model = models.build(kind, config.get("arch", {}))
     assign_weights(model, load_arrays(run / CHECKPOINT))
 
     arrays = weights_to_arrays(model, compact=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import keras
@@ -21,8 +19,8 @@ from PIL import Image
 from pillow_kae import models
 from pillow_kae.models.seed_dense import BLOCK
 from pillow_kae.zoo.weights import save_weights
-from training.data import list_images
-from training.train import CHECKPOINT, STATE
+from training.data import list_images, parallel_map
+from training.train import CHECKPOINT, STATE, rate_loss
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +34,8 @@ def _thumbnail(path: str) -> np.ndarray:
 def load_thumbnails(folders: list[str], workers: int = 1) -> np.ndarray:
     """(N, 48, 48, 3) float32 in [0, 1]: each photo squeezed to 48x48."""
     paths = [str(p) for p in list_images(folders)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            thumbs = list(pool.map(_thumbnail, paths, chunksize=64))
-    else:
-        thumbs = [_thumbnail(p) for p in paths]
+    thumbs = parallel_map(_thumbnail, paths, workers)
     return np.stack(thumbs).astype(np.float32) / 255.0
-
-
-def _rate_loss(y_true: object, y_pred: object) -> object:
-    return y_pred
 
 
 def reproduce_blog(
@@ -72,7 +62,7 @@ def reproduce_blog(
     model = models.build("seed-dense", arch)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss={"x_hat": "mse", "bpp": _rate_loss},
+        loss={"x_hat": "mse", "bpp": rate_loss},
         loss_weights={"x_hat": 1.0, "bpp": 0.0},
     )
     zeros_t, zeros_v = np.zeros(len(train), np.float32), np.zeros(len(valid), np.float32)

@@ -51,7 +51,7 @@ class TrainConfig:
     arch: dict = field(default_factory=dict)
 
 
-def _rate_loss(y_true: object, y_pred: object) -> object:
+def rate_loss(y_true: object, y_pred: object) -> object:
     """The model already outputs bits per pixel; the 'loss' is that value itself."""
     return y_pred
 
@@ -105,21 +105,16 @@ class _Progress(keras.callbacks.Callback):
             psnr,
             (self.step - self.steps_at_start) / max(elapsed, 1e-9),
         )
-        finished = self.step >= self.config.steps or self.progress() >= 1.0
-        if finished or time.monotonic() - self.last_save > 120:
+        if self.step >= self.config.steps or self.progress() >= 1.0:
+            self.model.stop_training = True  # train() saves once fit returns
+        elif time.monotonic() - self.last_save > 120:
             self.save()
-        if finished:
-            self.model.stop_training = True
 
     def save(self) -> None:
         save_weights(self.model, self.run / CHECKPOINT)
         state = {"step": self.step, "config": asdict(self.config)}
         (self.run / STATE).write_text(json.dumps(state, indent=2))
         self.last_save = time.monotonic()
-
-
-def build_model(arch: dict, kind: str = "mean-scale-hyperprior") -> keras.Model:
-    return models.build(kind, arch)
 
 
 def train(config: TrainConfig) -> Path:
@@ -147,7 +142,7 @@ def train(config: TrainConfig) -> Path:
     )
 
     keras.utils.set_random_seed(config.seed + start_step)
-    model = build_model(config.arch, config.kind)
+    model = models.build(config.kind, config.arch)
     if start_step:
         assign_weights(model, load_arrays(run / CHECKPOINT))
         log.info("resuming %s at step %d", run, start_step)
@@ -156,7 +151,7 @@ def train(config: TrainConfig) -> Path:
         log.info("warm start from %s", config.init)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
-        loss={"x_hat": "mse", "bpp": _rate_loss},
+        loss={"x_hat": "mse", "bpp": rate_loss},
         loss_weights={"x_hat": config.lmbda * 255**2, "bpp": 1.0},
     )
     progress = _Progress(config, run, start_step)

@@ -7,7 +7,6 @@ Large arrays are stored as float16 (halves the shipped size; the loss in PSNR is
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -54,7 +53,3 @@ def assign_weights(model: object, arrays: dict[str, np.ndarray]) -> None:
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"{key}: shape {value.shape} != model's {tuple(variable.shape)}")
         variable.assign(value.astype(variable.dtype))
-
-
-def file_sha256(path: str | Path) -> bytes:
-    return hashlib.sha256(Path(path).read_bytes()).digest()
