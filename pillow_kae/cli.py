@@ -47,8 +47,9 @@ _METADATA_FORMATS: dict[str, frozenset[str]] = {
 }
 _METADATA_KEYS = ("exif", "icc_profile", "xmp")
 
-# What a bad input can raise; anything else is a bug and keeps its traceback.
-_INPUT_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What a bad input file can raise; anything else is a bug and keeps its traceback. Bad
+# options (ValueError from the library) become a CliError where they are checked.
+_INPUT_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 class CliError(Exception):
@@ -97,6 +98,28 @@ def _read_kae_header(path: Path) -> tuple[container.Header, dict[str, bytes], in
     return header, metadata, size
 
 
+def _choose(quality: int, model: str | None) -> tuple[str, int]:
+    """The rate point for the options; a bad quality or model is the user's error."""
+    try:
+        return quality_ladder.choose(quality, model)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Open and load an input image; whatever Pillow refuses in it is an input error."""
+    im = Image.open(path)
+    try:
+        im.load()
+    except ValueError as err:  # some of Pillow's readers refuse broken files this way
+        im.close()
+        raise CliError(f"{path}: cannot read image: {err}") from err
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
 def _output_format(path: Path) -> str:
     """The Pillow format that ``path``'s extension names, if Pillow can write it."""
     ext = path.suffix.lower()
@@ -117,9 +140,9 @@ def _output_format(path: Path) -> str:
 def cmd_encode(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     # Check the options before touching any file: a bad quality or model writes nothing.
-    model_name, gain_step = quality_ladder.choose(args.quality, args.model)
+    model_name, gain_step = _choose(args.quality, args.model)
     log.info("quality %d -> model %s, gain step %d", args.quality, model_name, gain_step)
-    with Image.open(src) as im:
+    with _open_image(src) as im:
         log.info("read %s: %s %dx%d %s", src, im.format, im.width, im.height, im.mode)
         buffer = io.BytesIO()
         options = {"quality": args.quality}
@@ -299,15 +322,15 @@ def cmd_surprise(args: argparse.Namespace) -> int:
 
     from pillow_kae.analysis import surprise
 
-    quality_ladder.choose(args.quality, args.model)  # bad options fail before any work
+    _choose(args.quality, args.model)  # bad options fail before any work
     failed = False
     show = len(args.files) > 1 and sys.stderr.isatty()
     for name in tqdm(args.files, desc="surprise", disable=not show):
         try:
-            with Image.open(name) as im:
+            with _open_image(Path(name)) as im:
                 score = surprise(im, model=args.model, quality=args.quality)
-        except _INPUT_ERRORS as err:
-            _report(CliError(f"{name}: {_describe(err)}"))
+        except (CliError, *_INPUT_ERRORS) as err:
+            _report(err if isinstance(err, CliError) else CliError(f"{name}: {_describe(err)}"))
             failed = True
             continue
         print(f"{score:.4f}\t{name}")

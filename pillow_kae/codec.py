@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pillow_kae.entropy_models.coder import new_decoder, new_encoder
+from pillow_kae.entropy_models.coder import TableCoder, new_decoder, new_encoder
 from pillow_kae.entropy_models.fixed_point import ACTIVATION_BITS, scale_indices
 from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_LEVELS,
@@ -75,10 +75,26 @@ def _channel_tables(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.arange(shape[-1], dtype=np.int64), shape)
 
 
-def _words(payload: bytes) -> np.ndarray:
+def _stream(payload: bytes) -> object:
+    """A range decoder over the payload's 32-bit words.
+
+    An encoder always codes at least one symbol per tile, and a range coder then emits at
+    least one word, so an empty payload cannot come from an encoder (docs/format.md §5).
+    """
+    if not payload:
+        raise TileDecodeError("empty tile payload")
     if len(payload) % 4:
         raise TileDecodeError("tile payload is not a whole number of 32-bit words")
-    return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    return new_decoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+
+
+def _decode_symbols(coder: TableCoder, decoder: object, table_index: np.ndarray) -> np.ndarray:
+    """Decode one group of symbols; what the payload alone can cause is a TileDecodeError."""
+    try:
+        return coder.decode(decoder, table_index)
+    except _DECODE_ERRORS as err:
+        # constriction asserts on streams that no encoder could have produced.
+        raise TileDecodeError(f"damaged tile payload: {err}") from err
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -135,14 +151,11 @@ def _decode_hyperprior(
         _round_up(width, multiple) // multiple,
         model.hyper_channels,
     )
-    try:
-        decoder = new_decoder(_words(payload))
-        z_hat = model.z_coder.decode(decoder, _channel_tables(z_shape))
-        means, indices = _params(model, z_hat, gain_step)
-        symbols = model.y_coder.decode(decoder, indices)
-    except _DECODE_ERRORS as err:
-        # constriction asserts on streams that no encoder could have produced.
-        raise TileDecodeError(f"damaged tile payload: {err}") from err
+    z_coder, y_coder = model.z_coder, model.y_coder  # model-side errors stay what they are
+    decoder = _stream(payload)
+    z_hat = _decode_symbols(z_coder, decoder, _channel_tables(z_shape))
+    means, indices = _params(model, z_hat, gain_step)
+    symbols = _decode_symbols(y_coder, decoder, indices)
     g = gain(gain_step)
     y_hat = np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
     top, left = _centre_offsets(height, width, multiple)
@@ -181,12 +194,9 @@ def _decode_blocks(model: CodecModel, payload: bytes, width: int, height: int) -
 
     block = model.pad_multiple
     rows, cols = _round_up(height, block) // block, _round_up(width, block) // block
-    try:
-        decoder = new_decoder(_words(payload))
-        shape = (rows * cols, model.latent_channels)
-        y_hat = model.z_coder.decode(decoder, _channel_tables(shape))
-    except _DECODE_ERRORS as err:
-        raise TileDecodeError(f"damaged tile payload: {err}") from err
+    coder = model.z_coder
+    shape = (rows * cols, model.latent_channels)
+    y_hat = _decode_symbols(coder, _stream(payload), _channel_tables(shape))
     y_hat = np.clip(y_hat, -1e4, 1e4).astype(np.float32)
     x_hat = ops.convert_to_numpy(model.keras_model.decoder(y_hat, training=False))
     x_hat = x_hat.reshape(rows, cols, block, block, 3).transpose(0, 2, 1, 3, 4)

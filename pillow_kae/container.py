@@ -37,7 +37,6 @@ __all__ = [
     "dumps",
     "read",
     "read_header",
-    "write",
 ]
 
 logger = logging.getLogger(__name__)
@@ -291,15 +290,6 @@ def dumps(kae: KaeFile) -> bytes:
     parts.extend(_chunk(KTIL, bytes(tile)) for tile in kae.tiles)
     parts.append(_chunk(KEND, b""))
     return b"".join(parts)
-
-
-def write(fp: IO[bytes], kae: KaeFile) -> None:
-    """Write ``kae`` to ``fp`` with a single ``write`` call.
-
-    The file is built in memory first so that a validation error never leaves
-    a half-written file behind.
-    """
-    fp.write(dumps(kae))
 
 
 # --------------------------------------------------------------------------

@@ -239,6 +239,22 @@ def test_error_messages_are_specific(
     assert "nope" in _assert_one_error_line(capsys)
 
 
+def test_internal_errors_keep_their_traceback(
+    bad_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ValueError inside the codec is a bug: it propagates instead of a one-line error."""
+    from pillow_kae import codec
+
+    def broken_encode(*args: object) -> bytes:
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr(codec, "encode_tile", broken_encode)
+    out = tmp_path / "out.kae"
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["encode", str(bad_inputs["png"]), str(out)])
+    assert not out.exists()
+
+
 def test_info_errors(bad_inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     for source in ("missing", "text", "truncated"):
         assert main(["info", str(bad_inputs[source])]) == 1

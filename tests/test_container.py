@@ -23,7 +23,6 @@ from pillow_kae.container import (
     dumps,
     read,
     read_header,
-    write,
 )
 
 WEIGHTS_HASH = hashlib.sha256(b"weights").digest()
@@ -116,7 +115,12 @@ def test_round_trip(mode: str, metadata: bool) -> None:
     assert read(io.BytesIO(data)) == kae
 
 
-def test_write_uses_single_write_call() -> None:
+def test_save_writes_the_file_in_one_call() -> None:
+    """The plugin builds the whole file before writing: a failure never leaves half a file."""
+    from PIL import Image
+
+    import pillow_kae  # noqa: F401  (registers the plugin)
+
     calls: list[int] = []
 
     class Recorder(io.BytesIO):
@@ -125,10 +129,9 @@ def test_write_uses_single_write_call() -> None:
             return super().write(b)
 
     fp = Recorder()
-    kae = make_kae("RGBA", metadata=True)
-    write(fp, kae)
+    Image.new("RGBA", (8, 8), (10, 20, 30, 40)).save(fp, "KAE", exif=b"Exif\x00\x00")
     assert len(calls) == 1
-    assert fp.getvalue() == dumps(kae)
+    assert read(io.BytesIO(fp.getvalue())).header.mode == "RGBA"
 
 
 def test_header_pack_unpack_and_layout() -> None:

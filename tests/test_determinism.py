@@ -233,18 +233,29 @@ def test_symbols_identical_across_processes(cross_process, encoded_under):
     assert np.array_equal(dec_a["means"], dec_b["means"])
 
 
+# The symbols are exact everywhere; pixels come from the float g_s, whose rounding may
+# differ with threads or oneDNN kernels: at most this many levels per channel.
+PIXEL_TOLERANCE = 1
+
+
+def _max_difference(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape == (80, 96, 3)
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
 @pytest.mark.parametrize("encoded_under", ["A", "B"])
-def test_decoded_pixels_identical_across_settings(cross_process, encoded_under):
+def test_decoded_pixels_agree_across_settings(cross_process, encoded_under):
     dec_a = cross_process[f"decA_{encoded_under}"]
     dec_b = cross_process[f"decB_{encoded_under}"]
-    assert dec_a["pixels"].shape == (80, 96, 3)
-    assert np.array_equal(dec_a["pixels"], dec_b["pixels"])
+    assert _max_difference(dec_a["pixels"], dec_b["pixels"]) <= PIXEL_TOLERANCE
 
 
 def test_files_decode_in_this_process_like_in_subprocesses(cross_process, kae_decode):
     for env in "AB":
         pixels = np.asarray(kae_decode(cross_process["files"][env]))
-        assert pixels.shape == (80, 96, 3)
+        for decoder_env in "AB":
+            reference = cross_process[f"dec{decoder_env}_{env}"]["pixels"]
+            assert _max_difference(pixels, reference) <= PIXEL_TOLERANCE
 
 
 # --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
-import time
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -75,12 +75,10 @@ def _cut_points(length: int) -> list[int]:
 def test_truncation(which, small_kae, rgba_kae):
     data = small_kae if which == "rgb" else rgba_kae
     seen = {"open": 0, "load": 0}
-    start = time.monotonic()
     for n in _cut_points(len(data)):
         outcome, _ = _outcome(data[:n])
         assert outcome != "ok", f"file cut to {n} of {len(data)} bytes decoded"
         seen[outcome] += 1
-    assert time.monotonic() - start < 30
     # Cuts inside the tiles still open (header only) and fail at load.
     assert seen["open"] and seen["load"], seen
 
@@ -95,7 +93,6 @@ def test_byte_flips(which, small_kae, rgba_kae, kae_decode):
     kend = len(data) - len(TRAILER)  # first byte after KEND
     reference = np.asarray(kae_decode(data))
     seen = {"open": 0, "load": 0, "ok": 0}
-    start = time.monotonic()
     for offset in _flip_offsets(len(data)):
         damaged = bytearray(data)
         damaged[offset] ^= 0xFF
@@ -104,7 +101,6 @@ def test_byte_flips(which, small_kae, rgba_kae, kae_decode):
         if outcome == "ok":
             assert offset >= kend, f"flip at {offset} (KEND ends at {kend}) went unnoticed"
             assert np.array_equal(pixels, reference)
-    assert time.monotonic() - start < 60
     assert seen["open"] and seen["load"] and seen["ok"], seen
 
 
@@ -184,21 +180,30 @@ def _header_only_file(header: container.Header) -> bytes:
 def test_decompression_bomb_header():
     side = container.MAX_DIMENSION
     data = _header_only_file(_header(width=side, height=side, tile_size=0xFFC0))
-    start = time.monotonic()
-    with pytest.raises(Image.DecompressionBombError):
-        _open(data)
-    assert time.monotonic() - start < 1.0
+    tracemalloc.start()
+    try:
+        with pytest.raises(Image.DecompressionBombError):
+            _open(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"refusing a bomb header allocated {peak} bytes"
 
 
-def test_large_header_without_tiles_fails_fast():
-    # Below Pillow's bomb limit, but the file lacks the tiles: fails in the container read.
+def test_large_header_without_tiles_fails_before_allocating():
+    # Below Pillow's bomb limit, but the file lacks the tiles: fails in the container read,
+    # before the 9 MB of pixels are allocated.
     data = _header_only_file(_header(width=2000, height=1500))
-    start = time.monotonic()
-    with _open(data) as im:
-        assert im.size == (2000, 1500)
-        with pytest.raises(OSError, match="KTIL"):
-            im.load()
-    assert time.monotonic() - start < 2.0
+    tracemalloc.start()
+    try:
+        with _open(data) as im:
+            assert im.size == (2000, 1500)
+            with pytest.raises(OSError, match="KTIL"):
+                im.load()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"a file without tiles allocated {peak} bytes"
 
 
 def test_tile_payload_not_whole_words(small_kae):
@@ -218,10 +223,32 @@ def test_forged_tile_payloads(small_kae):
 
 
 def test_forged_empty_tile_payload(small_kae):
-    outcome, pixels = _outcome(_replace(small_kae, tiles=[b""]))
-    assert outcome in ("load", "ok")
-    if pixels is not None:
-        assert pixels.shape == (20, 20, 3)
+    # No encoder writes an empty payload (docs/format.md §5), so a decoder refuses one.
+    with _open(_replace(small_kae, tiles=[b""])) as im, pytest.raises(OSError, match="empty"):
+        im.load()
+
+
+def test_model_side_errors_are_not_reported_as_damaged_files(small_kae, monkeypatch):
+    """A ValueError from the model (here: building h_s) is a bug and must surface as one."""
+    from pillow_kae import codec
+
+    def broken_params(*args: object) -> None:
+        raise ValueError("fixed-point weight out of range")
+
+    monkeypatch.setattr(codec, "_params", broken_params)
+    with _open(small_kae) as im, pytest.raises(ValueError, match="fixed-point"):
+        im.load()
+
+
+def test_loader_errors_are_not_reported_as_missing_models(small_kae, monkeypatch):
+    from pillow_kae.zoo import loader
+
+    def broken_load(*args: object) -> None:
+        raise ValueError("bad weights array")
+
+    monkeypatch.setattr(loader, "load", broken_load)
+    with _open(small_kae) as im, pytest.raises(ValueError, match="bad weights array"):
+        im.load()
 
 
 def _png(im: Image.Image) -> bytes:

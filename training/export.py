@@ -22,7 +22,7 @@ from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
 from pillow_kae.zoo import WEIGHTS_DIR, ModelCard, installed
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import assign_weights, load_arrays, weights_to_arrays
-from training.train import CHECKPOINT, STATE
+from training.lineage import CHECKPOINT, STATE, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ def z_tables(model: object) -> dict[str, np.ndarray]:
         offsets.append(low - Z_SEARCH_RADIUS)
         pmfs.append(row[low : high + 1])
     return stack_tables(offsets, pmfs).to_arrays(Z_TABLES)
+
+
+def training_record(state: dict, data_note: str | None = None) -> dict:
+    """The card's ``training``: every stage behind the weights, oldest first, and the total."""
+    stages = run_stages(state)
+    record = {"steps": sum(int(s.get("steps") or 0) for s in stages), "stages": stages}
+    if data_note:
+        record["data"] = data_note
+    return record
 
 
 def export(
@@ -81,14 +90,7 @@ def export(
         arch=config.get("arch", {}),
         lmbda=float(config["lmbda"]),
         kind=kind,
-        training={
-            "steps": int(state["step"]),
-            "data": data_note or config["data"],
-            "patch": config.get("patch"),
-            "batch": config.get("batch"),
-            "init": config.get("init"),
-            "lr": config.get("lr"),
-        },
+        training=training_record(state, data_note),
     )
     card_path = WEIGHTS_DIR / f"{name}.json"
     card_path.write_text(card.to_json())

@@ -20,7 +20,8 @@ from pillow_kae import models
 from pillow_kae.models.seed_dense import BLOCK
 from pillow_kae.zoo.weights import save_weights
 from training.data import list_images, parallel_map
-from training.train import CHECKPOINT, STATE, rate_loss
+from training.lineage import CHECKPOINT, STATE
+from training.train import rate_loss
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,9 @@ import numpy as np
 from pillow_kae import models
 from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
 from training.data import list_images, load_images, random_crops
+from training.lineage import CHECKPOINT, STATE, init_history
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.npz"
-STATE = "state.json"
 
 
 @dataclass
@@ -64,11 +62,15 @@ def _batches(crops: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str
 class _Progress(keras.callbacks.Callback):
     """Schedules the learning rate, logs PSNR/bpp, checkpoints, and stops on the time budget."""
 
-    def __init__(self, config: TrainConfig, run: Path, start_step: int) -> None:
+    def __init__(
+        self, config: TrainConfig, run: Path, start_step: int, history: list[dict], minutes: float
+    ) -> None:
         super().__init__()
         self.config = config
         self.run = run
         self.step = start_step
+        self.history = history  # the stages behind config.init, for the model card
+        self.minutes_before = minutes  # spent by earlier sessions of a resumed run
         self.start = time.monotonic()
         self.budget = None if config.minutes is None else config.minutes * 60.0
         self.steps_at_start = start_step
@@ -112,7 +114,13 @@ class _Progress(keras.callbacks.Callback):
 
     def save(self) -> None:
         save_weights(self.model, self.run / CHECKPOINT)
-        state = {"step": self.step, "config": asdict(self.config)}
+        minutes = self.minutes_before + (time.monotonic() - self.start) / 60
+        state = {
+            "step": self.step,
+            "minutes": round(minutes, 2),
+            "config": asdict(self.config),
+            "history": self.history,
+        }
         (self.run / STATE).write_text(json.dumps(state, indent=2))
         self.last_save = time.monotonic()
 
@@ -121,9 +129,13 @@ def train(config: TrainConfig) -> Path:
     """Train (or resume) the run in ``config.out``; returns the run directory."""
     run = Path(config.out)
     run.mkdir(parents=True, exist_ok=True)
-    start_step = 0
+    start_step, minutes, history = 0, 0.0, None
     if (run / CHECKPOINT).exists():
-        start_step = int(json.loads((run / STATE).read_text())["step"])
+        state = json.loads((run / STATE).read_text())
+        start_step, minutes = int(state["step"]), float(state.get("minutes", 0.0))
+        history = state.get("history")
+    if history is None:
+        history = init_history(config.init)
     if start_step >= config.steps:
         log.info("run already has %d of %d steps", start_step, config.steps)
         return run
@@ -154,7 +166,7 @@ def train(config: TrainConfig) -> Path:
         loss={"x_hat": "mse", "bpp": rate_loss},
         loss_weights={"x_hat": config.lmbda * 255**2, "bpp": 1.0},
     )
-    progress = _Progress(config, run, start_step)
+    progress = _Progress(config, run, start_step, history, minutes)
     first_epoch = start_step // config.steps_per_epoch
     epochs = math.ceil(config.steps / config.steps_per_epoch)
     model.fit(

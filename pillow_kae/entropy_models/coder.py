@@ -8,8 +8,6 @@ uniform 16-bit halves of its zigzag code.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import constriction
 import numpy as np
 
@@ -23,19 +21,15 @@ class TableCoder:
     """Encodes/decodes int arrays whose every element names the table it is coded with."""
 
     def __init__(self, tables: PmfTables) -> None:
+        # Built here, once: a coder shared between threads is never half-built, and a bad
+        # table fails when the model loads, not as if a file's payload were damaged.
         self.tables = tables
-
-    @cached_property
-    def _models(self) -> list[object]:
         categorical = constriction.stream.model.Categorical
-        return [
-            categorical(self.tables.table(k).astype(np.float64), perfect=False)
-            for k in range(len(self.tables))
+        self._models = [
+            categorical(tables.table(k).astype(np.float64), perfect=False)
+            for k in range(len(tables))
         ]
-
-    @cached_property
-    def _uniform(self) -> object:
-        return constriction.stream.model.Uniform(_HALF)
+        self._uniform = constriction.stream.model.Uniform(_HALF)
 
     def encode(self, encoder: object, values: np.ndarray, table_index: np.ndarray) -> None:
         """Append ``values`` (ints) coded with tables ``table_index`` (same shape) to encoder."""

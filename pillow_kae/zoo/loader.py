@@ -7,10 +7,12 @@ a model is first used for pixels.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import threading
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,13 +28,27 @@ Z_TABLES = "tables/z"
 Y_TABLES = "tables/y"
 THRESHOLDS = "tables/log_scale_thresholds"
 
+T = TypeVar("T")
+
 
 @dataclass
 class CodecModel:
-    """Everything needed to encode and decode tiles with one model."""
+    """Everything needed to encode and decode tiles with one model.
+
+    The parts are built on first use (the Keras model imports TensorFlow), each exactly once
+    even when threads share the model: Python 3.12's ``cached_property`` no longer locks.
+    """
 
     card: ModelCard
     arrays: dict[str, np.ndarray]
+    _parts: dict[str, object] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _part(self, key: str, build: Callable[[], T]) -> T:
+        with self._lock:
+            if key not in self._parts:
+                self._parts[key] = build()
+            return self._parts[key]
 
     @property
     def name(self) -> str:
@@ -42,8 +58,11 @@ class CodecModel:
     def kind(self) -> str:
         return self.card.kind
 
-    @cached_property
+    @property
     def keras_model(self) -> object:
+        return self._part("keras_model", self._build_keras_model)
+
+    def _build_keras_model(self) -> object:
         from pillow_kae import models
         from pillow_kae.zoo.weights import assign_weights
 
@@ -51,21 +70,25 @@ class CodecModel:
         assign_weights(model, self.arrays)
         return model
 
-    @cached_property
+    @property
     def hyper_synthesis(self) -> FixedPointHyperSynthesis:
-        return FixedPointHyperSynthesis(self.arrays)
+        return self._part("hyper_synthesis", lambda: FixedPointHyperSynthesis(self.arrays))
 
-    @cached_property
+    @property
     def z_coder(self) -> TableCoder:
-        return TableCoder(PmfTables.from_arrays(self.arrays, Z_TABLES))
+        return self._part(
+            "z_coder", lambda: TableCoder(PmfTables.from_arrays(self.arrays, Z_TABLES))
+        )
 
-    @cached_property
+    @property
     def y_coder(self) -> TableCoder:
-        return TableCoder(PmfTables.from_arrays(self.arrays, Y_TABLES))
+        return self._part(
+            "y_coder", lambda: TableCoder(PmfTables.from_arrays(self.arrays, Y_TABLES))
+        )
 
-    @cached_property
+    @property
     def thresholds(self) -> np.ndarray:
-        return np.asarray(self.arrays[THRESHOLDS], dtype=np.int64)
+        return self._part("thresholds", lambda: np.asarray(self.arrays[THRESHOLDS], dtype=np.int64))
 
     @property
     def latent_channels(self) -> int:
@@ -96,12 +119,16 @@ class CodecModel:
         return self.stride * self.hyper_stride
 
 
-_cache: dict[str, CodecModel] = {}
+_cache: dict[tuple[str, str], CodecModel] = {}
 _lock = threading.Lock()
 
 
 def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
-    """Load an installed model (cached); check its weights against the card and the file."""
+    """Load an installed model (cached); check its weights against the card and the file.
+
+    The cache is keyed by the card's weights hash, so a model re-exported in this process
+    (``training export`` clears ``installed()``) is loaded anew, never served stale.
+    """
     model_card = card(name)
     if expected_digest is not None and expected_digest != model_card.digest:
         raise OSError(
@@ -109,11 +136,13 @@ def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
             f"but the installed {name!r} has weights {model_card.sha256[:16]}...; "
             "install the matching pillow-kae version to decode it"
         )
+    key = (name, model_card.sha256)
     with _lock:
-        if name not in _cache:
+        if key not in _cache:
             data = model_card.path.read_bytes()
             if hashlib.sha256(data).hexdigest() != model_card.sha256:
                 raise OSError(f"weights file of KAE model {name!r} is damaged (hash mismatch)")
-            _cache[name] = CodecModel(model_card, load_arrays(model_card.path))
+            # Parse the very bytes that were verified, not a second read of the file.
+            _cache[key] = CodecModel(model_card, load_arrays(io.BytesIO(data)))
             log.debug("loaded KAE model %s", name)
-        return _cache[name]
+        return _cache[key]

@@ -34,11 +34,11 @@ def _check_quality(quality: object) -> int:
     return quality
 
 
-def ladder(model: str | None = None) -> list[tuple[str, int]]:
-    """The rate points of the default ladder (of one model, if given), by increasing rate."""
+def ladder() -> list[tuple[str, int]]:
+    """The rate points of the default ladder whose models are installed, by increasing rate."""
     models = installed()
-    points = [p for p in LADDER if p[0] in models and (model is None or p[0] == model)]
-    if not points and model is None:
+    points = [p for p in LADDER if p[0] in models]
+    if not points:
         raise OSError("no KAE model is installed")
     return points
 

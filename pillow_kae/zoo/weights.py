@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def save_weights(model: object, path: str | Path, compact: bool = True) -> None:
     tmp.replace(path)
 
 
-def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+def load_arrays(path: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 

@@ -1,0 +1,84 @@
+"""The model cache: one build per part across threads, never stale, loads verified bytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pillow_kae import zoo
+from pillow_kae.zoo import loader
+
+MODEL = "kae-low"
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch) -> Path:
+    """A private copy of one shipped model as the installed set, with a fresh cache."""
+    for suffix in (".json", ".npz"):
+        shutil.copy(zoo.WEIGHTS_DIR / f"{MODEL}{suffix}", tmp_path)
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(loader, "_cache", {})
+    zoo.installed.cache_clear()
+    yield tmp_path
+    zoo.installed.cache_clear()
+
+
+def test_parts_are_built_once_across_threads(weights_dir, monkeypatch):
+    builds = []
+    original = loader.FixedPointHyperSynthesis
+
+    def slow_build(arrays: dict) -> object:
+        builds.append(1)
+        time.sleep(0.05)  # widen the window in which a second thread could start a build
+        return original(arrays)
+
+    monkeypatch.setattr(loader, "FixedPointHyperSynthesis", slow_build)
+    model = loader.load(MODEL)
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(model.hyper_synthesis)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert all(part is results[0] for part in results)
+
+
+def test_reexported_model_is_not_served_from_the_cache(weights_dir):
+    old = loader.load(MODEL)
+    # What an in-process ``training export`` does: new weights, new card, installed() cleared.
+    arrays = dict(np.load(weights_dir / f"{MODEL}.npz"))
+    arrays["tables/z/offsets"] = arrays["tables/z/offsets"].copy()  # same values, new file
+    np.savez_compressed(weights_dir / f"{MODEL}.npz", extra=np.zeros(1), **arrays)
+    card = json.loads((weights_dir / f"{MODEL}.json").read_text())
+    import hashlib
+
+    card["sha256"] = hashlib.sha256((weights_dir / f"{MODEL}.npz").read_bytes()).hexdigest()
+    (weights_dir / f"{MODEL}.json").write_text(json.dumps(card))
+    zoo.installed.cache_clear()
+    new = loader.load(MODEL)
+    assert new is not old
+    assert new.card.sha256 == card["sha256"] != old.card.sha256
+
+
+def test_loads_the_bytes_it_verified(weights_dir, monkeypatch):
+    """If the file changes after it was hashed, the model still comes from the hashed bytes."""
+    path = weights_dir / f"{MODEL}.npz"
+    verified = path.read_bytes()
+    path.write_bytes(b"replaced after the hash check")
+    original = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        return verified if self == path else original(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    model = loader.load(MODEL)
+    assert model.z_coder is not None  # parsed from the verified bytes, not the replaced file
