@@ -101,12 +101,15 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         raise OSError(f"KAE header does not match model {header.model_name!r}")
     if header.tile_size > codec.MAX_TILE_SIZE:
         raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
-    rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
-    boxes = codec.tiles(header.width, header.height, header.tile_size)
-    for (left, top, right, bottom), payload in zip(boxes, kae.tiles, strict=True):
-        rgb[top:bottom, left:right] = codec.decode_tile(
-            model, payload, right - left, bottom - top, header.gain_step
-        )
+    rgb = codec.decode_image(
+        model,
+        kae.tiles,
+        header.width,
+        header.height,
+        header.gain_step,
+        header.tile_size,
+        header.version,
+    )
     color = Image.fromarray(rgb, "RGB")
     if header.mode in ("L", "LA"):
         color = color.convert("L")
@@ -189,10 +192,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         hyper_stride=model.hyper_stride,
         gain_step=gain_step,
     )
-    payloads = [
-        codec.encode_tile(model, rgb[top:bottom, left:right], gain_step)
-        for left, top, right, bottom in codec.tiles(im.width, im.height, codec.TILE_SIZE)
-    ]
+    payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE)
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
     data = container.dumps(
         container.KaeFile(header, payloads, alpha=alpha, exif=exif, icc_profile=icc, xmp=xmp)

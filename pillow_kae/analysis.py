@@ -38,10 +38,7 @@ def surprise(img: Image.Image, model: str | None = None, quality: int = DEFAULT_
         step = 0
     rgb = _rgb(img)
     height, width = rgb.shape[:2]
-    total = sum(
-        len(codec.encode_tile(coder, rgb[top:bottom, left:right], step))
-        for left, top, right, bottom in codec.tiles(width, height)
-    )
+    total = sum(len(payload) for payload in codec.encode_image(coder, rgb, step))
     return 8.0 * total / (width * height)
 
 

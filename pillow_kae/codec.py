@@ -1,20 +1,27 @@
-"""Pixels <-> tile payloads: the learned transforms plus entropy coding of one tile.
+"""Pixels <-> tile payloads: the learned transforms plus entropy coding per tile.
 
-A tile is coded on its own (its own latents and range-coder stream), which bounds memory on
-huge images and lets a decoder work tile by tile. For the mean-scale hyperprior:
+Format version 2 (seamless). The mean-scale hyperprior sees the whole image, padded to a
+multiple of 64 (edge replication, content centred), as one latent grid; only the entropy
+coding is cut into tiles:
 
-1. pad to a multiple of 64 (edge replication, content centred), y = g_a(x),
-   z = round(h_a(y));
-2. code z with one fixed table per channel;
-3. run the fixed-point h_s on z (integers only) -> means and scale-table indices;
-4. code round(g * (y - mu)) with the Gaussian table of each element's index.
+1. y = g_a(x) of each tile's pixels with ``ANALYSIS_MARGIN`` pixels of context around it,
+   cropped to the tile: equal to g_a of the whole padded image, so no tile edge in y;
+2. per tile, z = round(h_a(y)), coded with one fixed table per channel;
+3. the fixed-point h_s on z (integers only) -> means and scale-table indices;
+4. round(g * (y - mu)) coded with the Gaussian table of each element's index.
 
-The decoder repeats steps 2-4 in the same order, so every table choice is bit-identical.
-The seed-dense model cuts the tile into 48x48 blocks and codes each block's rounded
-bottleneck with one fixed table per channel.
+The decoder repeats 2-4 per tile (every table choice bit-identical), assembles y_hat and
+runs g_s on each tile's latents with ``SYNTHESIS_MARGIN`` latents of context, keeping the
+centre: a tiled decode equals the untiled one. Memory is the tile plus y_hat (1/256 of the
+pixels x 192 channels).
+
+Version 1 files coded each tile on its own, pixels included (visible seams); they still
+decode. The seed-dense model codes 48x48 blocks in independent tiles in both versions.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -29,6 +36,11 @@ from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
 MAX_TILE_SIZE = 4096  # a decoder refuses larger tiles: memory per tile stays bounded
+# Context around a tile, beyond the transforms' reach: g_a's four 5x5 stride-2 layers see
+# 30 pixels past a latent's 16, g_s's four 5x5 stride-2 transposed layers ~2 latents.
+ANALYSIS_MARGIN = 64  # pixels, a multiple of 64 so windows stay on the latent grid
+SYNTHESIS_MARGIN = 4  # latents
+HYPER_CONTEXT = 8  # latents of y around a tile that h_a sees (its reach is 4)
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 _DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
 
@@ -126,12 +138,9 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
     return ops.convert_to_numpy(model.keras_model.g_a(x))[0]
 
 
-def _encode_hyperprior(model: CodecModel, pixels: np.ndarray, gain_step: int) -> bytes:
-    from keras import ops
-
-    y = analysis(model, pixels, centred=True)
-    z = model.keras_model.h_a(y[None])
-    z_hat = np.rint(ops.convert_to_numpy(z)[0]).astype(np.int64)
+def _encode_latents(model: CodecModel, y: np.ndarray, z: np.ndarray, gain_step: int) -> bytes:
+    """One tile's y (rows, cols, C) and z -> its payload: z, then y around h_s's means."""
+    z_hat = np.rint(z).astype(np.int64)
     encoder = new_encoder()
     model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
     means, indices = _params(model, z_hat, gain_step)
@@ -140,24 +149,138 @@ def _encode_hyperprior(model: CodecModel, pixels: np.ndarray, gain_step: int) ->
     return np.asarray(encoder.get_compressed(), dtype="<u4").tobytes()
 
 
-def _decode_hyperprior(
-    model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
+def _decode_latents(
+    model: CodecModel, payload: bytes, shape: tuple[int, int], gain_step: int
 ) -> np.ndarray:
-    from keras import ops
-
-    multiple = model.pad_multiple
-    z_shape = (
-        _round_up(height, multiple) // multiple,
-        _round_up(width, multiple) // multiple,
-        model.hyper_channels,
-    )
+    """A payload -> that tile's y_hat, (rows, cols, C) float32."""
+    rows, cols = shape
+    z_shape = (rows // model.hyper_stride, cols // model.hyper_stride, model.hyper_channels)
     z_coder, y_coder = model.z_coder, model.y_coder  # model-side errors stay what they are
     decoder = _stream(payload)
     z_hat = _decode_symbols(z_coder, decoder, _channel_tables(z_shape))
     means, indices = _params(model, z_hat, gain_step)
     symbols = _decode_symbols(y_coder, decoder, indices)
     g = gain(gain_step)
-    y_hat = np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
+    return np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
+
+
+def _padded_window(
+    pixels: np.ndarray, top: int, left: int, box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """``box`` of the image padded centred by edge replication (content at top, left),
+    cut without building the padded image."""
+    x0, y0, x1, y1 = box
+    height, width = pixels.shape[:2]
+    rows = np.clip(np.arange(y0, y1) - top, 0, height - 1)
+    cols = np.clip(np.arange(x0, x1) - left, 0, width - 1)
+    return pixels[rows[:, None], cols[None, :]]
+
+
+def _expand(
+    box: tuple[int, int, int, int], margin: int, width: int, height: int
+) -> tuple[int, int, int, int]:
+    left, top, right, bottom = box
+    return (
+        max(left - margin, 0),
+        max(top - margin, 0),
+        min(right + margin, width),
+        min(bottom + margin, height),
+    )
+
+
+def _tile_latents(
+    model: CodecModel, pixels: np.ndarray, tile_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each tile (raster order of the padded image): (y of the tile, z from h_a).
+
+    y equals g_a of the whole padded image; z is h_a of y with ``HYPER_CONTEXT`` latents
+    of context, so that h_s predicts the tile's edges from what lies beyond them too.
+    """
+    from keras import ops
+
+    height, width = pixels.shape[:2]
+    multiple, stride = model.pad_multiple, model.stride
+    padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
+    top, left = _centre_offsets(height, width, multiple)
+    net = model.keras_model
+    for box in tiles(padded_w, padded_h, tile_size):
+        context = _expand(box, HYPER_CONTEXT * stride, padded_w, padded_h)
+        window = _expand(context, ANALYSIS_MARGIN, padded_w, padded_h)
+        x = _padded_window(pixels, top, left, window)[None].astype(np.float32) / 255.0
+        y = ops.convert_to_numpy(net.g_a(x))[0]
+        y = y[_inner(context, window, stride)]  # the exact part: context around the tile
+        z = ops.convert_to_numpy(net.h_a(y[None]))[0]
+        yield y[_inner(box, context, stride)], z[_inner(box, context, multiple)]
+
+
+def _inner(
+    box: tuple[int, int, int, int], outer: tuple[int, int, int, int], unit: int
+) -> tuple[slice, slice]:
+    """Where ``box`` lies in an array covering ``outer`` at ``unit`` pixels per cell."""
+    return (
+        slice((box[1] - outer[1]) // unit, (box[3] - outer[1]) // unit),
+        slice((box[0] - outer[0]) // unit, (box[2] - outer[0]) // unit),
+    )
+
+
+def _decode_image_hyperprior(
+    model: CodecModel,
+    payloads: list[bytes],
+    width: int,
+    height: int,
+    gain_step: int,
+    tile_size: int,
+) -> np.ndarray:
+    stride, multiple = model.stride, model.pad_multiple
+    padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
+    boxes = tiles(padded_w, padded_h, tile_size)
+    y_hat = np.empty((padded_h // stride, padded_w // stride, model.latent_channels), np.float32)
+    for box, payload in zip(boxes, payloads, strict=True):
+        rows, cols = _inner(box, (0, 0, padded_w, padded_h), stride)
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        y_hat[rows, cols] = _decode_latents(model, payload, shape, gain_step)
+    return synthesis(model, y_hat, width, height, tile_size)
+
+
+def synthesis(
+    model: CodecModel, y_hat: np.ndarray, width: int, height: int, tile_size: int = TILE_SIZE
+) -> np.ndarray:
+    """g_s of the whole latent grid, run tile by tile with context: (height, width, 3) uint8.
+
+    ``y_hat`` covers the image padded centred to a multiple of 64; each tile's pixels come
+    from g_s on its latents plus ``SYNTHESIS_MARGIN`` around them, so the result does not
+    depend on ``tile_size`` (up to float rounding).
+    """
+    from keras import ops
+
+    stride, multiple = model.stride, model.pad_multiple
+    padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
+    top, left = _centre_offsets(height, width, multiple)
+    image = (left, top, left + width, top + height)
+    out = np.empty((height, width, 3), np.uint8)
+    for box in tiles(padded_w, padded_h, tile_size):
+        window = _expand(box, SYNTHESIS_MARGIN * stride, padded_w, padded_h)
+        rows, cols = _inner(window, (0, 0, padded_w, padded_h), stride)
+        x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None, rows, cols]))[0]
+        # The tile's pixels that lie inside the image, in the window and in the output.
+        keep = (max(box[0], image[0]), max(box[1], image[1]))
+        keep += (min(box[2], image[2]), min(box[3], image[3]))
+        out[_inner(keep, image, 1)] = _to_uint8(x_hat[_inner(keep, window, 1)])
+    return out
+
+
+def _decode_tile_v1(
+    model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
+) -> np.ndarray:
+    """Format version 1: the tile was coded on its own, pixels padded centred."""
+    from keras import ops
+
+    multiple = model.pad_multiple
+    shape = (
+        _round_up(height, multiple) // model.stride,
+        _round_up(width, multiple) // model.stride,
+    )
+    y_hat = _decode_latents(model, payload, shape, gain_step)
     top, left = _centre_offsets(height, width, multiple)
     x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None]))[0]
     return _to_uint8(x_hat[top : top + height, left : left + width])
@@ -206,24 +329,47 @@ def _decode_blocks(model: CodecModel, payload: bytes, width: int, height: int) -
 # -- dispatch -------------------------------------------------------------------------------
 
 
-def encode_tile(model: CodecModel, pixels: np.ndarray, gain_step: int) -> bytes:
-    """(h, w, 3) uint8 -> the tile's payload bytes."""
+def encode_image(
+    model: CodecModel, pixels: np.ndarray, gain_step: int, tile_size: int = TILE_SIZE
+) -> list[bytes]:
+    """(h, w, 3) uint8 -> one payload per tile of ``tiles(w, h, tile_size)``, in that order."""
+    height, width = pixels.shape[:2]
     if model.kind == "seed-dense":
         if gain_step:
             raise ValueError("the seed-dense model codes only at gain step 0")
-        return _encode_blocks(model, pixels)
-    return _encode_hyperprior(model, pixels, gain_step)
+        return [
+            _encode_blocks(model, pixels[top:bottom, left:right])
+            for left, top, right, bottom in tiles(width, height, tile_size)
+        ]
+    return [
+        _encode_latents(model, y, z, gain_step) for y, z in _tile_latents(model, pixels, tile_size)
+    ]
 
 
-def decode_tile(
-    model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
+def decode_image(
+    model: CodecModel,
+    payloads: list[bytes],
+    width: int,
+    height: int,
+    gain_step: int,
+    tile_size: int,
+    version: int,
 ) -> np.ndarray:
-    """The tile's payload -> (height, width, 3) uint8."""
-    if model.kind == "seed-dense":
-        if gain_step:
-            raise TileDecodeError("the seed-dense model codes only at gain step 0")
-        return _decode_blocks(model, payload, width, height)
-    return _decode_hyperprior(model, payload, width, height, gain_step)
+    """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines."""
+    if model.kind == "seed-dense" and gain_step:
+        raise TileDecodeError("the seed-dense model codes only at gain step 0")
+    if model.kind == "mean-scale-hyperprior" and version >= 2:
+        return _decode_image_hyperprior(model, payloads, width, height, gain_step, tile_size)
+    out = np.empty((height, width, 3), np.uint8)
+    boxes = tiles(width, height, tile_size)
+    for (left, top, right, bottom), payload in zip(boxes, payloads, strict=True):
+        w, h = right - left, bottom - top
+        out[top:bottom, left:right] = (
+            _decode_blocks(model, payload, w, h)
+            if model.kind == "seed-dense"
+            else _decode_tile_v1(model, payload, w, h, gain_step)
+        )
+    return out
 
 
 def tiles(width: int, height: int, tile_size: int = TILE_SIZE) -> list[tuple[int, int, int, int]]:

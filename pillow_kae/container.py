@@ -30,6 +30,7 @@ __all__ = [
     "MAX_DIMENSION",
     "MODES",
     "SIGNATURE",
+    "SUPPORTED_VERSIONS",
     "Header",
     "KaeFile",
     "KaeFormatError",
@@ -45,8 +46,10 @@ logger = logging.getLogger(__name__)
 #: CR LF / LF pair catches newline conversion and ^Z stops ``type`` on DOS.
 SIGNATURE = b"\x89KAE\r\n\x1a\n"
 
-#: Version byte written into ``KHDR``; readers reject any other value.
-FORMAT_VERSION = 1
+#: Version byte written into ``KHDR``. 2: one latent grid over the whole image, seamless
+#: tiles (docs/format.md §5.1); 1: tiles coded on their own. Readers accept both.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
@@ -120,8 +123,14 @@ class Header:
     stride: int
     hyper_stride: int
     gain_step: int
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.version not in SUPPORTED_VERSIONS:
+            raise KaeFormatError(
+                f"unsupported KHDR version {self.version} (this decoder reads "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))}); a newer pillow-kae may read it"
+            )
         _check_int("width", self.width, 1, MAX_DIMENSION)
         _check_int("height", self.height, 1, MAX_DIMENSION)
         if self.mode not in MODES:
@@ -166,7 +175,7 @@ class Header:
         name = self.model_name.encode("ascii")
         return b"".join(
             (
-                struct.pack(">BII", FORMAT_VERSION, self.width, self.height),
+                struct.pack(">BII", self.version, self.width, self.height),
                 struct.pack(">B", len(mode)),
                 mode,
                 struct.pack(">B", len(name)),
@@ -208,8 +217,11 @@ class Header:
                 raise KaeFormatError(f"KHDR {field} {raw!r} is not ASCII") from None
 
         (version,) = struct.unpack(">B", take(1, "version"))
-        if version != FORMAT_VERSION:
-            raise KaeFormatError(f"unsupported KHDR version {version} (expected {FORMAT_VERSION})")
+        if version not in SUPPORTED_VERSIONS:
+            raise KaeFormatError(
+                f"unsupported KHDR version {version} (this decoder reads "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))}); a newer pillow-kae may read it"
+            )
         width, height = struct.unpack(">II", take(8, "width/height"))
         mode = ascii_field("mode")
         model_name = ascii_field("model name")
@@ -232,6 +244,7 @@ class Header:
             stride=stride,
             hyper_stride=hyper_stride,
             gain_step=gain_step,
+            version=version,
         )
 
 

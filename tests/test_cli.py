@@ -248,7 +248,7 @@ def test_internal_errors_keep_their_traceback(
     def broken_encode(*args: object) -> bytes:
         raise ValueError("internal invariant broken")
 
-    monkeypatch.setattr(codec, "encode_tile", broken_encode)
+    monkeypatch.setattr(codec, "encode_image", broken_encode)
     out = tmp_path / "out.kae"
     with pytest.raises(ValueError, match="internal invariant"):
         main(["encode", str(bad_inputs["png"]), str(out)])

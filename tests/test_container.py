@@ -14,6 +14,7 @@ import pytest
 
 from pillow_kae import container
 from pillow_kae.container import (
+    FORMAT_VERSION,
     MAX_DIMENSION,
     SIGNATURE,
     Header,
@@ -138,7 +139,7 @@ def test_header_pack_unpack_and_layout() -> None:
     header = make_header()
     packed = header.pack()
     assert len(packed) == 54 + len("RGB") + len("kae-base_v1.0")
-    assert packed[0] == 1
+    assert packed[0] == FORMAT_VERSION == 2
     assert packed[1:9] == struct.pack(">II", 100, 70)
     assert Header.unpack(packed) == header
 
@@ -466,7 +467,8 @@ def test_header_accepts_limits() -> None:
         (khdr_bytes(height=MAX_DIMENSION + 1), "height"),
         (khdr_bytes(name=b"bad name"), "model name"),
         (khdr_bytes(name=b""), "model name"),
-        (khdr_bytes(version=2), "version"),
+        (khdr_bytes(version=0), "version"),
+        (khdr_bytes(version=3), "version"),
         (khdr_bytes(tail=struct.pack(">BHHHBBH", 75, 96, 192, 128, 16, 4, 1024)), "64"),
         (khdr_bytes(tail=struct.pack(">BHHHBBH", 0, 64, 192, 128, 16, 4, 1024)), "quality"),
         (khdr_bytes() + b"\x00", "trailing"),

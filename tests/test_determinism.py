@@ -68,7 +68,7 @@ WORKER = textwrap.dedent(
         spy(model.y_coder, "y")
         Image.fromarray(pixels, "RGB").save(kae_path, "KAE", quality=int(quality))
 
-        # The same symbols again, computed step by step as codec.encode_tile does.
+        # The same symbols again, computed step by step as codec.encode_image does for one tile.
         padded = codec._pad_centred(pixels, model.pad_multiple)
         x = padded[None].astype(np.float32) / 255.0
         net = model.keras_model
@@ -212,7 +212,7 @@ def cross_process(worker, tmp_path_factory, smooth) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("encoded_under", ["A", "B"])
-def test_encoder_spy_matches_encode_tile_steps(cross_process, encoded_under):
+def test_encoder_spy_matches_encode_image_steps(cross_process, encoded_under):
     enc = cross_process[f"enc{encoded_under}"]
     assert np.array_equal(enc["z_hat"], enc["z_hat_again"])
     assert np.array_equal(enc["y"], enc["y_again"])

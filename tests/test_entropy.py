@@ -89,7 +89,7 @@ def test_roundtrip_every_shipped_gaussian_table():
 
 
 def test_float_symbols_roundtrip(small_tables):
-    # codec.encode_tile hands the coder float64 symbols from np.rint.
+    # codec.encode_image hands the coder float64 symbols from np.rint.
     values = np.array([-3.0, 0.0, 4.0, 2.0**31 - 1, -(2.0**31 - 1), 12345.0])
     index = np.array([0, 0, 0, 2, 3, 4])
     decoded = _roundtrip(TableCoder(small_tables), values, index)
