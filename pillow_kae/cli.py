@@ -356,6 +356,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not codec.available():
                 print(f"{codec.name}: not available in this Pillow, skipped", file=sys.stderr)
     count = len(list_images(folder, args.limit))
+    if not count:
+        raise CliError(f"{folder}: no images Pillow can read")
     print(f"{count} images from {folder}; codecs: {', '.join(c.name for c in codecs)}")
     result = runner.run(folder, out, codecs, args.limit, progress=sys.stderr.isatty())
     print()
