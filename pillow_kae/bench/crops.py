@@ -175,7 +175,8 @@ def write_crop(
         _panel(
             reference,
             box,
-            f"original\n{path.name}\n{box[2] - box[0]}x{box[3] - box[1]} crop at {box[:2]}",
+            f"original: {path.name}\n{box[2] - box[0]}x{box[3] - box[1]} crop at {box[:2]}\n"
+            "(bpp and PSNR: whole image)",
         ),
         _panel(
             coded.decoded,
