@@ -354,7 +354,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.codecs is None:
         for codec in bench_codecs.registry().values():
             if not codec.available():
-                print(f"{codec.name}: not available in this Pillow, skipped", file=sys.stderr)
+                print(
+                    f"{PROG} bench: skipping {codec.name}: it needs {codec.needs}", file=sys.stderr
+                )
     count = len(list_images(folder, args.limit))
     if not count:
         raise CliError(f"{folder}: no images Pillow can read")

@@ -246,6 +246,10 @@ def test_bench_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["bench", str(tmp_path), "--out", str(out)]) == 1
     assert "no images" in _one_error(capsys)
     (tmp_path / "image.png").write_bytes(b"")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codecs.Codec, "available", lambda self: self.name != "jxl")
+        assert main(["bench", str(tmp_path), "--out", str(out), "--codecs", "jpeg,jxl"]) == 1
+    assert "jxl is not available: it needs pillow-jxl-plugin" in _one_error(capsys)
     assert main(["bench", str(tmp_path / "image.png"), "--out", str(out)]) == 1
     assert "not a folder" in _one_error(capsys)
     assert not out.exists()

@@ -69,6 +69,7 @@ class Codec:
     options: Mapping[str, object] = field(default_factory=dict)
     plugin: str | None = None  # module that registers fmt with Pillow, when not built in
     feature: str | None = None  # Pillow feature that fmt needs (features.check)
+    needs: str = ""  # what to install when it is not available
 
     def available(self) -> bool:
         """Whether this Pillow can write and read the format."""
@@ -127,6 +128,7 @@ def registry() -> dict[str, Codec]:
             (0, 100),
             {"method": 6},
             feature="webp",
+            needs="a Pillow built with libwebp",
         ),
         Codec(
             "avif",
@@ -136,6 +138,7 @@ def registry() -> dict[str, Codec]:
             (0, 100),
             {"speed": 6},
             feature="avif",
+            needs="a Pillow built with libavif",
         ),
         Codec(
             "jxl",
@@ -145,6 +148,7 @@ def registry() -> dict[str, Codec]:
             (0, 99),
             {"effort": 7},
             plugin="pillow_jxl",
+            needs="pillow-jxl-plugin: pip install 'pillow-kae[bench]'",
         ),
     ]
     return {codec.name: codec for codec in codecs}

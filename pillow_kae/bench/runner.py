@@ -30,11 +30,10 @@ def available_codecs(names: Sequence[str] | None = None) -> list[Codec]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(known)}")
-    missing = [n for n in names if not known[n].available()]
+    missing = [known[n] for n in names if not known[n].available()]
     if missing:
         raise ValueError(
-            f"not available in this Pillow: {', '.join(missing)} (JPEG XL needs "
-            "pillow-jxl-plugin: pip install 'pillow-kae[bench]')"
+            "; ".join(f"{c.name} is not available: it needs {c.needs}" for c in missing)
         )
     return [known[n] for n in dict.fromkeys(names)]
 
