@@ -222,7 +222,7 @@ def test_bench_json(bench_run: tuple[Path, str]) -> None:
 
 def test_bench_report_and_plot(bench_run: tuple[Path, str]) -> None:
     out, stdout = bench_run
-    assert "BD-rate at equal PSNR" in stdout and "| **kae** |" in stdout
+    assert "### At equal PSNR" in stdout and "| **kae** |" in stdout
     report = (out / "report.md").read_text()
     assert "## Mean curves" in report and "crop_best.png" in report
     if importlib.util.find_spec("matplotlib") is None:

@@ -197,6 +197,7 @@ def write_crop(
         "file": target.name,
         "image": choice.image,
         "score_db": choice.score_db,
+        "gain_db": choice.gain_db,
         "box": list(box),
         "kae": {**setting, "bytes": coded.size, "psnr": kae_psnr},
         "competitor": {

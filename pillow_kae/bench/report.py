@@ -150,6 +150,8 @@ def summary_markdown(result: BenchResult) -> str:
         "",
         NOTES,
         "",
+        "## Codecs",
+        "",
         "| codec | | qualities | bpp | PSNR (dB) | MS-SSIM (dB) | encode s | decode s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -167,7 +169,9 @@ def summary_markdown(result: BenchResult) -> str:
         )
     lines += [
         "",
-        "BD-rate: the bits the row codec needs relative to the column codec at equal quality "
+        "## BD-rate",
+        "",
+        "The bits the row codec needs relative to the column codec at equal quality "
         "(negative: fewer), over the quality range both reach; piecewise cubic (PCHIP) "
         "interpolation of log rate, as in the JVET common test conditions.",
     ]
@@ -178,7 +182,7 @@ def summary_markdown(result: BenchResult) -> str:
         names = list(matrix)
         lines += [
             "",
-            f"## BD-rate at equal {title}",
+            f"### At equal {title}",
             "",
             "| row vs column | " + " | ".join(names) + " |",
             "|---|" + "---:|" * len(names),
