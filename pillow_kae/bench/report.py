@@ -22,10 +22,10 @@ BD_METHOD = "PCHIP of log rate over quality, exact integral on the common range 
 NOTES = (
     "Means per image at each setting. bpp = file bytes × 8 / pixels. PSNR on RGB. MS-SSIM "
     "on RGB (Wang et al. 2003: 5 scales, fewer on images under 161 px; the mean of the "
-    "three channels), also in dB as "
-    "−10·log10(1 − MS-SSIM). Images are coded as plain RGB (alpha and metadata dropped). "
-    "Times are wall-clock seconds per image with each library's default threading, after "
-    "an untimed warm-up."
+    "three channels), also in dB as −10·log10(1 − MS-SSIM). Images are coded as plain RGB "
+    "(alpha and metadata dropped). Times are wall-clock per image (milliseconds in the "
+    "tables, seconds in the JSON) with each library's default threading, after an untimed "
+    "warm-up."
 )
 
 
@@ -152,7 +152,7 @@ def summary_markdown(result: BenchResult) -> str:
         "",
         "## Codecs",
         "",
-        "| codec | | qualities | bpp | PSNR (dB) | MS-SSIM (dB) | encode s | decode s |",
+        "| codec | | qualities | bpp | PSNR (dB) | MS-SSIM (dB) | encode ms | decode ms |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for codec in result.codecs:
@@ -165,7 +165,8 @@ def summary_markdown(result: BenchResult) -> str:
         lines.append(
             f"| {codec.name} | {codec.label} | {qualities[0]}–{qualities[-1]} ({len(curve)}) "
             f"| {_range([p.bpp for p in curve], '.3f')} | {_range([p.psnr for p in curve], '.2f')} "
-            f"| {_range([p.ms_ssim_db for p in curve], '.2f')} | {encode:.3f} | {decode:.3f} |"
+            f"| {_range([p.ms_ssim_db for p in curve], '.2f')} | {1000 * encode:.1f} "
+            f"| {1000 * decode:.1f} |"
         )
     lines += [
         "",
@@ -202,13 +203,13 @@ def markdown(result: BenchResult) -> str:
             "",
             f"### {codec.name}: {codec.label}",
             "",
-            "| setting | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode s | decode s |",
+            "| setting | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode ms | decode ms |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in curve:
             lines.append(
                 f"| {_setting(codec, p.quality)} | {p.bpp:.4f} | {p.psnr:.2f} | {p.ms_ssim:.4f} | "
-                f"{p.ms_ssim_db:.2f} | {p.encode_s:.3f} | {p.decode_s:.3f} |"
+                f"{p.ms_ssim_db:.2f} | {1000 * p.encode_s:.1f} | {1000 * p.decode_s:.1f} |"
             )
     if result.plot:
         lines += ["", "## Plot", "", f"![rate-distortion curves]({result.plot})"]
