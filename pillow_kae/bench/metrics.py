@@ -58,8 +58,8 @@ def _filter_axis(x: np.ndarray, g: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def _ssim_terms(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean SSIM and mean contrast-structure term of each channel.
+def _ssim_terms(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, float]:
+    """Mean SSIM and mean contrast-structure term of one channel (float32 planes).
 
     Pixels are centred on 128 before squaring, so that float32 keeps the variances
     accurate (the contrast-structure term only needs sigma_x^2 + sigma_y^2 and sigma_xy:
@@ -67,23 +67,32 @@ def _ssim_terms(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[np.ndarray
     """
     c1, c2 = (K1 * MAX_VALUE) ** 2, (K2 * MAX_VALUE) ** 2
     xc, yc = x - 128, y - 128
-    maps = np.stack([xc, yc, xc * xc + yc * yc, xc * yc], axis=2)  # H x W x 4 x C
+    maps = np.stack([xc, yc, xc * xc + yc * yc, xc * yc], axis=2)  # H x W x 4
     mu_x, mu_y, sq, xy = np.moveaxis(_filter_axis(_filter_axis(maps, g, 0), g, 1), 2, 0)
     variance = sq - mu_x * mu_x - mu_y * mu_y
     covariance = xy - mu_x * mu_y
     mu_x, mu_y = mu_x + 128, mu_y + 128
     luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
     cs = (2 * covariance + c2) / (variance + c2)
-    return (luminance * cs).mean(axis=(0, 1), dtype=np.float64), cs.mean(
-        axis=(0, 1), dtype=np.float64
-    )
+    return float((luminance * cs).mean(dtype=np.float64)), float(cs.mean(dtype=np.float64))
 
 
 def _downsample(x: np.ndarray) -> np.ndarray:
     """2x2 average; an odd side is first padded by mirroring its last row or column."""
-    pad = [(0, x.shape[0] % 2), (0, x.shape[1] % 2), (0, 0)]
-    x = np.pad(x, pad, mode="symmetric")
+    x = np.pad(x, [(0, x.shape[0] % 2), (0, x.shape[1] % 2)], mode="symmetric")
     return (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4
+
+
+def _ms_ssim_plane(x: np.ndarray, y: np.ndarray, weights: np.ndarray, g: np.ndarray) -> float:
+    """MS-SSIM of one channel: contrast-structure at every scale but the coarsest, where
+    it is the full SSIM; each clipped at zero and raised to its weight."""
+    terms = []
+    for scale in range(len(weights)):
+        if scale:
+            x, y = _downsample(x), _downsample(y)
+        ssim, cs = _ssim_terms(x, y, g)
+        terms.append(cs if scale < len(weights) - 1 else ssim)
+    return float(np.prod(np.maximum(terms, 0.0) ** weights))
 
 
 def scales_for(height: int, width: int) -> int:
@@ -106,8 +115,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     those scales' weights renormalised to sum to one (a single-scale SSIM below 21 px,
     with the window shrunk to the image below 11 px).
     """
-    x = a.astype(np.float32).reshape(a.shape[0], a.shape[1], -1)
-    y = b.astype(np.float32).reshape(b.shape[0], b.shape[1], -1)
+    x = a.reshape(a.shape[0], a.shape[1], -1)
+    y = b.reshape(b.shape[0], b.shape[1], -1)
     if x.shape != y.shape:
         raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
     count = scales_for(*x.shape[:2])
@@ -117,14 +126,11 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
         weights = weights / weights.sum()
     size = min(WINDOW, *x.shape[:2])
     g = _gaussian(size - (1 - size % 2))  # odd, so that the filter is centred
-    terms = []
-    for scale in range(count):
-        if scale:
-            x, y = _downsample(x), _downsample(y)
-        ssim, cs = _ssim_terms(x, y, g)
-        terms.append(cs if scale < count - 1 else ssim)
-    per_channel = np.prod(np.maximum(np.stack(terms), 0.0) ** weights[:, None], axis=0)
-    return min(float(per_channel.mean()), 1.0)  # float32 rounding can pass 1 by 1e-8
+    channels = [
+        _ms_ssim_plane(x[..., c].astype(np.float32), y[..., c].astype(np.float32), weights, g)
+        for c in range(x.shape[2])  # one at a time: a large photo needs less memory
+    ]
+    return min(float(np.mean(channels)), 1.0)  # float32 rounding can pass 1 by 1e-8
 
 
 def ms_ssim_db(value: float) -> float:
