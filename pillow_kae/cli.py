@@ -350,7 +350,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     folder, out = Path(args.folder), Path(args.out)
     if not folder.is_dir():
         raise CliError(f"{folder}: not a folder")
-    codecs = runner.available_codecs(args.codecs)
+    try:
+        codecs = runner.available_codecs(args.codecs)
+    except runner.BenchError as err:
+        raise CliError(str(err)) from err
     if args.codecs is None:
         for codec in bench_codecs.registry().values():
             if not codec.available():
@@ -360,8 +363,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     count = len(list_images(folder, args.limit))
     if not count:
         raise CliError(f"{folder}: no images Pillow can read")
-    print(f"{count} images from {folder}; codecs: {', '.join(c.name for c in codecs)}")
-    result = runner.run(folder, out, codecs, args.limit, progress=sys.stderr.isatty())
+    print(f"{count} image files in {folder}; codecs: {', '.join(c.name for c in codecs)}")
+    try:
+        result = runner.run(folder, out, codecs, args.limit, progress=sys.stderr.isatty())
+    except runner.BenchError as err:
+        raise CliError(str(err)) from err
     print()
     print(summary_markdown(result))
     if result.plot is None:

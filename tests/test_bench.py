@@ -167,7 +167,8 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("bench_images")
     Image.fromarray(smooth_array(64, 48, seed=1)).save(folder / "smooth.png")
     Image.fromarray(smooth_array(64, 48, seed=2, noise=20)).save(folder / "noisy.png")
-    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "notes.txt").write_text("not an image\n")  # not listed
+    (folder / "truncated.png").write_bytes((folder / "noisy.png").read_bytes()[:200])  # skipped
     out = tmp_path_factory.mktemp("bench_out")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

@@ -7,8 +7,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
 from pillow_kae.bench import crops, plot, report
 from pillow_kae.bench.codecs import Codec, registry
 from pillow_kae.bench.report import BenchResult
@@ -22,6 +20,10 @@ PLOT_NAME = "rd.png"
 CROPS = (("best", "Where .kae does best"), ("worst", "Where .kae does worst"))
 
 
+class BenchError(ValueError):
+    """A problem with what the user asked for: unknown codecs, no usable images."""
+
+
 def available_codecs(names: Sequence[str] | None = None) -> list[Codec]:
     """The named codecs (all that this Pillow can run, if None); unknown or missing: error."""
     known = registry()
@@ -29,10 +31,10 @@ def available_codecs(names: Sequence[str] | None = None) -> list[Codec]:
         return [c for c in known.values() if c.available()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(known)}")
+        raise BenchError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(known)}")
     missing = [known[n] for n in names if not known[n].available()]
     if missing:
-        raise ValueError(
+        raise BenchError(
             "; ".join(f"{c.name} is not available: it needs {c.needs}" for c in missing)
         )
     return [known[n] for n in dict.fromkeys(names)]
@@ -48,18 +50,16 @@ def run(
     """Measure every image of ``folder`` with ``codecs``; write JSON, Markdown, plot, crops."""
     paths = list_images(folder, limit)
     if not paths:
-        raise ValueError(f"{folder}: no images Pillow can read")
+        raise BenchError(f"{folder}: no images Pillow can read")
+    images, results = sweep(paths, codecs, progress=progress)
+    if not images:
+        raise BenchError(f"{folder}: none of the {len(paths)} image files could be decoded")
     out.mkdir(parents=True, exist_ok=True)
-    results = sweep(paths, codecs, progress=progress)
     curves = mean_curves(results)
-    images = []
-    for path in paths:
-        with Image.open(path) as im:
-            images.append({"name": path.name, "width": im.width, "height": im.height})
     result = BenchResult(str(folder), images, list(codecs), results, curves)
     result.bd = {name: report.bd_matrix(curves, key) for name, key in report.BD_METRICS.items()}
     labels = {c.name: c.label for c in codecs}
-    title = f"{folder.name or folder}: {len(paths)} images"
+    title = f"{folder.name or folder}: {len(images)} images"
     if plot.plot(curves, labels, title, out / PLOT_NAME):
         result.plot = PLOT_NAME
     by_name = {c.name: c for c in codecs}

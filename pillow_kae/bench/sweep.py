@@ -84,25 +84,42 @@ def warm_up(codecs: Iterable[Codec]) -> None:
             codec.code(image, quality)
 
 
+# What Pillow raises on a file it cannot decode: such an image is skipped, not fatal.
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
 def sweep(
     paths: Sequence[Path], codecs: Sequence[Codec], progress: bool = True
-) -> list[Measurement]:
-    """Every image at every setting of every codec, with a progress bar on stderr."""
+) -> tuple[list[dict[str, object]], list[Measurement]]:
+    """Every image at every setting of every codec, with a progress bar on stderr.
+
+    Returns the images measured (name, width, height) and the measurements; a file that
+    Pillow cannot decode is left out with a warning, so one broken photo costs nothing.
+    """
     from tqdm import tqdm
 
     warm_up(codecs)
-    total = len(paths) * sum(len(c.qualities) for c in codecs)
+    per_image = sum(len(c.qualities) for c in codecs)
+    images: list[dict[str, object]] = []
     results = []
-    with tqdm(total=total, desc="kae bench", unit="point", disable=not progress) as bar:
+    with tqdm(
+        total=len(paths) * per_image, desc="kae bench", unit="point", disable=not progress
+    ) as bar:
         for path in paths:
-            image = load_rgb(path)
+            try:
+                image = load_rgb(path)
+            except UNREADABLE as err:
+                log.warning("skipping %s: %s", path, err)
+                bar.update(per_image)
+                continue
             log.info("%s: %dx%d", path.name, image.width, image.height)
+            images.append({"name": path.name, "width": image.width, "height": image.height})
             for codec in codecs:
                 bar.set_postfix_str(f"{path.name} {codec.name}")
                 for quality in codec.qualities:
                     results.append(measure(path.name, image, codec, quality))
                     bar.update()
-    return results
+    return images, results
 
 
 @dataclass(frozen=True)
