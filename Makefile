@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test lint format bench clean distclean
+.PHONY: all venv demo test lint format bench bench-rd clean distclean
 
 all: test
 
@@ -34,6 +34,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.kodak
+
+# `kae bench` on Kodak (sample_images/ without ../shared): JSON, table, BD-rate matrices,
+# plot and crops in out/bench. More options: make bench-rd ARGS="--codecs kae,jpeg --limit 4".
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[dev,bench]'
+	touch $@
+
+bench-rd: $(BENCH_STAMP)
+	$(PY) -m benchmarks.rd $(ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache .ruff_cache

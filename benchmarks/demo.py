@@ -1,7 +1,7 @@
 """`make demo`: every sample image through .kae on the shipped weights, against JPEG.
 
 Writes out/demo/NAME.kae, the decoded NAME.kae.png and side_by_side_NAME.png
-(original | KAE | JPEG at the same bytes), and prints a table.
+(original | KAE | JPEG at the same bytes, each labelled), and prints a table.
 """
 
 from __future__ import annotations
@@ -18,27 +18,20 @@ from tqdm import tqdm
 from benchmarks.jpeg import jpeg_bytes, jpeg_curve, jpeg_psnr_at
 from benchmarks.rd import SAMPLES
 from pillow_kae import container
-from training.evaluate import psnr
+from pillow_kae.bench.crops import label, side_by_side
+from pillow_kae.bench.metrics import psnr
 
 OUT = Path("out/demo")
 
 
-def jpeg_at_bytes(image: Image.Image, num_bytes: int) -> Image.Image:
-    """The largest-quality JPEG that fits in ``num_bytes`` (quality 1 if none does)."""
+def jpeg_at_bytes(image: Image.Image, num_bytes: int) -> tuple[int, int, Image.Image]:
+    """The largest-quality JPEG that fits in ``num_bytes`` (quality 1 if none does):
+    (quality, bytes, decoded image)."""
     sizes, _ = jpeg_curve(image)
     fitting = [q for q, size in enumerate(sizes, start=1) if size <= num_bytes]
-    data = jpeg_bytes(image, max(fitting, default=1))
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
-def side_by_side(*images: Image.Image) -> Image.Image:
-    width = sum(im.width for im in images)
-    canvas = Image.new("RGB", (width, max(im.height for im in images)), "white")
-    left = 0
-    for im in images:
-        canvas.paste(im.convert("RGB"), (left, 0))
-        left += im.width
-    return canvas
+    quality = max(fitting, default=1)
+    data = jpeg_bytes(image, quality)
+    return quality, len(data), Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,9 +63,23 @@ def main(argv: list[str] | None = None) -> None:
         image_bytes = size - sum(len(e) + 12 for e in extras if e)
         rgb = original.convert("RGB")
         kae_rgb = decoded.convert("RGB")
-        jpeg = jpeg_at_bytes(rgb, image_bytes)
-        side_by_side(rgb, kae_rgb, jpeg).save(OUT / f"side_by_side_{path.stem}.png")
         pixels = original.width * original.height
+        jpeg_quality, jpeg_size, jpeg = jpeg_at_bytes(rgb, image_bytes)
+        reference = np.asarray(rgb)
+        kae_psnr = psnr(reference, np.asarray(kae_rgb))
+        side_by_side(
+            label(rgb, f"original\n{path.name}, {original.width}x{original.height}"),
+            label(
+                kae_rgb,
+                f".kae, quality {args.quality}\n{8 * image_bytes / pixels:.3f} bpp, "
+                f"{kae_psnr:.2f} dB",
+            ),
+            label(
+                jpeg,
+                f"JPEG 4:2:0 at equal bytes (quality {jpeg_quality})\n"
+                f"{8 * jpeg_size / pixels:.3f} bpp, {psnr(reference, np.asarray(jpeg)):.2f} dB",
+            ),
+        ).save(OUT / f"side_by_side_{path.stem}.png")
         rows.append(
             (
                 path.name,
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 pixels,
                 size,
                 8 * image_bytes / pixels,
-                psnr(np.asarray(rgb), np.asarray(kae_rgb)),
+                kae_psnr,
                 jpeg_psnr_at(rgb, image_bytes),
                 encode_s,
                 decode_s,

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from training.evaluate import psnr
+from pillow_kae.bench.metrics import psnr
 
 QUALITIES = tuple(range(1, 101))
 

@@ -16,19 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.rd import bd_rate, jpeg_points, measure, test_images
-from pillow_kae.zoo import quality as ladder
+from benchmarks.rd import jpeg_points, measure, test_images
+from pillow_kae.bench.bd import bd_rate
+from pillow_kae.bench.codecs import ladder_qualities
 
 JPEG_QUALITIES = list(range(5, 100, 5))
-
-
-def shipped_qualities() -> list[tuple[int, str, int]]:
-    """One quality per ladder point: (quality, model, gain step), lowest rate first."""
-    points = ladder.ladder()
-    seen: dict[tuple[str, int], int] = {}
-    for quality in range(1, 101):
-        seen.setdefault(ladder.choose(quality), quality)
-    return [(seen[p], *p) for p in points if p in seen]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     folder, paths = test_images(args.folder, args.every)
     print(f"images: {folder} ({len(paths)} images)")
     rows = []
-    for quality, model, step in tqdm(shipped_qualities(), desc="qualities"):
+    for quality, model, step in tqdm(ladder_qualities(), desc="qualities"):
         start = time.perf_counter()
         point = measure(paths, f"q{quality}", quality=quality)
         seconds = (time.perf_counter() - start) / len(paths)

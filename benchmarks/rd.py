@@ -1,8 +1,16 @@
-"""Shared pieces of the rate-distortion benchmarks: test images, coding, BD-rate."""
+"""``kae bench`` on Kodak (or the sample images), and the rate-distortion benchmarks' helpers.
+
+    python -m benchmarks.rd [FOLDER] [--codecs kae,jpeg,...] [--out DIR] [--limit N]
+
+Without FOLDER: ../shared/data/kodak when it is there, else sample_images/ (it says
+which). The options are those of ``kae bench`` (``pillow_kae/bench``), which does the work.
+The helpers below (test images, ``measure``, JPEG points) serve kodak, ladder and seed.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +18,9 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.jpeg import jpeg_psnr_at
-from training.evaluate import code_image, psnr
+from pillow_kae import cli
+from pillow_kae.bench.codecs import roundtrip
+from pillow_kae.bench.metrics import psnr
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +55,10 @@ def measure(paths: list[Path], label: str, **save_args: object) -> Point:
     for path in paths:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
-        size, decoded = code_image(rgb, **save_args)
-        bpps.append(8 * size / (rgb.width * rgb.height))
-        psnrs.append(psnr(np.asarray(rgb), decoded))
-        jpegs.append(jpeg_psnr_at(rgb, size))
+        coded = roundtrip(rgb, "KAE", **save_args)
+        bpps.append(8 * coded.size / (rgb.width * rgb.height))
+        psnrs.append(psnr(np.asarray(rgb), coded.decoded))
+        jpegs.append(jpeg_psnr_at(rgb, coded.size))
     return Point(label, float(np.mean(bpps)), float(np.mean(psnrs)), float(np.mean(jpegs)))
 
 
@@ -71,18 +81,19 @@ def jpeg_points(paths: list[Path], qualities: list[int]) -> list[tuple[float, fl
     return points
 
 
-def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
-    """Bjontegaard delta rate (%) of ``test`` against ``anchor``: negative = fewer bits.
+def main(argv: list[str] | None = None) -> int:
+    """``kae bench`` on FOLDER, by default on Kodak when present, else the sample images."""
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        return cli.main(["bench", "--help"])
+    if args and not args[0].startswith("-"):
+        folder, rest = Path(args[0]), args[1:]
+    else:
+        folder, rest = (KODAK if KODAK.is_dir() else SAMPLES), args
+        print(f"no FOLDER given: using {folder}")
+    return cli.main(["bench", str(folder), *rest])
 
-    Cubic fit of log-rate against PSNR, integrated over the PSNR range both curves cover.
-    """
-    ra, pa = np.log([p[0] for p in anchor]), np.array([p[1] for p in anchor])
-    rt, pt = np.log([p[0] for p in test]), np.array([p[1] for p in test])
-    fit_a, fit_t = np.polyfit(pa, ra, 3), np.polyfit(pt, rt, 3)
-    low, high = max(pa.min(), pt.min()), min(pa.max(), pt.max())
-    if high <= low:
-        raise ValueError("the two curves share no PSNR range")
-    int_a, int_t = np.polyint(fit_a), np.polyint(fit_t)
-    area_a = np.polyval(int_a, high) - np.polyval(int_a, low)
-    area_t = np.polyval(int_t, high) - np.polyval(int_t, low)
-    return float((np.exp((area_t - area_a) / (high - low)) - 1) * 100)
+
+if __name__ == "__main__":
+    sys.exit(main())

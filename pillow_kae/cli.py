@@ -7,6 +7,8 @@ Subcommands::
     kae info FILE [FILE ...] [--json]      header fields, size and bpp (no TensorFlow)
     kae models                             installed models and the quality ladder
     kae surprise FILE... [--model M]       bits per pixel each image costs (low = familiar)
+    kae bench FOLDER [--codecs C,...] [--out DIR] [--limit N]
+                                           rate-distortion against Pillow's other codecs
 
 ``info`` and ``models`` read only headers and model cards, so they never import
 TensorFlow. Errors in the input are reported as one ``kae: error: ...`` line on stderr
@@ -337,6 +339,68 @@ def cmd_surprise(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------
+# bench
+
+
+def _codec_list(text: str) -> list[str]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no codec named")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: not a positive integer")
+    return value
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        import tqdm  # noqa: F401  (the progress bar; in the bench extra)
+    except ImportError:
+        raise CliError("kae bench needs tqdm: pip install 'pillow-kae[bench]'") from None
+    from pillow_kae.bench import codecs as bench_codecs
+    from pillow_kae.bench import runner
+    from pillow_kae.bench.report import summary_markdown
+    from pillow_kae.bench.sweep import list_images
+
+    folder, out = Path(args.folder), Path(args.out)
+    if not folder.is_dir():
+        raise CliError(f"{folder}: not a folder")
+    try:
+        codecs = runner.available_codecs(args.codecs)
+    except runner.BenchError as err:
+        raise CliError(str(err)) from err
+    if args.codecs is None:
+        for codec in bench_codecs.registry().values():
+            if not codec.available():
+                print(
+                    f"{PROG} bench: skipping {codec.name}: it needs {codec.needs}", file=sys.stderr
+                )
+    count = len(list_images(folder, args.limit))
+    if not count:
+        raise CliError(f"{folder}: no images Pillow can read")
+    print(f"{count} image files in {folder}; codecs: {', '.join(c.name for c in codecs)}")
+    try:
+        result = runner.run(folder, out, codecs, args.limit, progress=sys.stderr.isatty())
+    except runner.BenchError as err:
+        raise CliError(str(err)) from err
+    print()
+    print(summary_markdown(result))
+    if result.plot is None:
+        print("no plot: matplotlib is not installed (pip install 'pillow-kae[bench]')")
+    written = [runner.JSON_NAME, runner.MARKDOWN_NAME, result.plot]
+    written += [str(crop["file"]) for crop in result.crops]
+    print(f"wrote to {out}/: {', '.join(name for name in written if name)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Encode, decode and inspect KAE (.kae) learned images."
@@ -387,6 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="installed model to score with (see 'kae models')")
     p.add_argument("-q", "--quality", type=_quality, default=DEFAULT_QUALITY)
     p.set_defaults(func=cmd_surprise)
+
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="rate-distortion of .kae against JPEG, WebP, AVIF and JPEG XL on your images",
+    )
+    p.add_argument("folder", metavar="FOLDER", help="a folder of images (PNG is best)")
+    p.add_argument(
+        "--codecs",
+        type=_codec_list,
+        default=None,
+        help="comma-separated, from kae,jpeg,jpeg444,webp,avif,jxl (default: all available)",
+    )
+    p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
+    p.add_argument("--limit", type=_positive, default=None, help="only the first N images")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
