@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     for quality, model, step, p, seconds in rows:
         print(
-            f"{quality:>7} {model:<9} {step:>4} {p.bpp:7.4f} {p.psnr:7.3f} {p.jpeg_psnr:11.3f} "
-            f"{p.gain_db:+8.3f} {seconds:13.2f}"
+            f"{quality:>7} {model:<9} {step:>4} {p.bpp:7.4f} {p.psnr:7.3f} {p.jpeg_psnr:10.3f}"
+            f"{'*' if p.jpeg_clamped else ' '} {p.gain_db:+8.3f} {seconds:13.2f}"
+        )
+    if any(p.jpeg_clamped for *_, p, _ in rows):
+        print(
+            "* on some images even JPEG quality 1 is larger than the .kae file: there JPEG "
+            "is compared at more bytes (in its favour)"
         )
     kae = [(p.bpp, p.psnr) for *_, p, _ in rows]
     jpeg = jpeg_points(paths, JPEG_QUALITIES)
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                         "bpp": p.bpp,
                         "psnr": p.psnr,
                         "jpeg_psnr_at_equal_bytes": p.jpeg_psnr,
+                        "images_where_jpeg_q1_is_larger": p.jpeg_clamped,
                     }
                     for q, m, s, p, _ in rows
                 ],

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.jpeg import jpeg_psnr_at
+from benchmarks.jpeg import jpeg_curve, jpeg_psnr_at
 from pillow_kae import cli
 from pillow_kae.bench.codecs import roundtrip
 from pillow_kae.bench.metrics import psnr
@@ -44,6 +44,9 @@ class Point:
     bpp: float
     psnr: float
     jpeg_psnr: float  # Pillow JPEG's PSNR at the same bytes, per image, averaged
+    # Images where even JPEG quality 1 is larger than the coded file: there JPEG's PSNR is
+    # that of quality 1, at more bytes than the codec spent (it favours JPEG).
+    jpeg_clamped: int = 0
 
     @property
     def gain_db(self) -> float:
@@ -51,7 +54,7 @@ class Point:
 
 
 def measure(paths: list[Path], label: str, **save_args: object) -> Point:
-    bpps, psnrs, jpegs = [], [], []
+    bpps, psnrs, jpegs, clamped = [], [], [], 0
     for path in paths:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
@@ -59,13 +62,12 @@ def measure(paths: list[Path], label: str, **save_args: object) -> Point:
         bpps.append(8 * coded.size / (rgb.width * rgb.height))
         psnrs.append(psnr(np.asarray(rgb), coded.decoded))
         jpegs.append(jpeg_psnr_at(rgb, coded.size))
-    return Point(label, float(np.mean(bpps)), float(np.mean(psnrs)), float(np.mean(jpegs)))
+        clamped += coded.size < jpeg_curve(rgb)[0].min()
+    return Point(label, float(np.mean(bpps)), float(np.mean(psnrs)), float(np.mean(jpegs)), clamped)
 
 
 def jpeg_points(paths: list[Path], qualities: list[int]) -> list[tuple[float, float]]:
     """(mean bpp, mean PSNR) of Pillow's JPEG at each quality."""
-    from benchmarks.jpeg import jpeg_curve
-
     curves = []
     for path in paths:
         with Image.open(path) as im:

@@ -24,7 +24,9 @@ def init_history(init: str | None) -> list[dict]:
     card = path.with_suffix(".json")
     if card.is_file():
         training = json.loads(card.read_text()).get("training", {})
-        return list(training.get("stages") or [{"steps": training.get("steps")}])
+        stages = training.get("stages") or [{"steps": training.get("steps")}]
+        # Cards written before stages named their data said it once for all of them.
+        return [{"data": training.get("data"), **stage} for stage in stages]
     raise ValueError(f"{init}: neither a run checkpoint beside {STATE} nor weights with a card")
 
 

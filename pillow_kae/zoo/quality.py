@@ -4,7 +4,8 @@ The ladder lists rate points in increasing order of bytes: each is a shipped mod
 latent gain step. Without a ``model`` option, quality spreads evenly over the ladder, so a
 lower quality never gives a larger file (on average; the steps were measured on Kodak by
 ``benchmarks/ladder.py``, which prints the figures this table was chosen from: every point
-is on the lower envelope of the shipped models and above JPEG's PSNR at the same bytes).
+is on the upper envelope of the shipped models; all but the top one beat JPEG's PSNR at the
+same bytes, and the top one is kept so that quality reaches 35 dB rather than stopping).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ LADDER: tuple[tuple[str, int], ...] = (
     ("kae-low", -4),
     ("kae-low", -2),
     ("kae-low", 0),
-    ("kae-mid", -6),
+    ("kae-low", 2),
     ("kae-mid", -4),
     ("kae-mid", -2),
     ("kae-mid", 0),
     ("kae-mid", 2),
     ("kae-high", -4),
+    ("kae-high", -2),
+    ("kae-high", 0),
+    ("kae-high", 2),
+    ("kae-high", 4),  # 1.6 bpp, 35.5 dB on Kodak: 0.35 dB behind JPEG at those bytes
 )
 
 
