@@ -4,16 +4,17 @@ Format version 2 (seamless). The mean-scale hyperprior sees the whole image, pad
 multiple of 64 (edge replication, content centred), as one latent grid; only the entropy
 coding is cut into tiles:
 
-1. y = g_a(x) of each tile's pixels with ``ANALYSIS_MARGIN`` pixels of context around it,
-   cropped to the tile: equal to g_a of the whole padded image, so no tile edge in y;
-2. per tile, z = round(h_a(y)), coded with one fixed table per channel;
+1. y = g_a(x) of the whole padded image, computed in windows of ``TRANSFORM_WINDOW``
+   pixels with ``ANALYSIS_MARGIN`` of context (the same y, in bounded memory);
+2. per tile, z = round(h_a(y)) of the tile's y with ``HYPER_CONTEXT`` latents around it,
+   coded with one fixed table per channel;
 3. the fixed-point h_s on z (integers only) -> means and scale-table indices;
 4. round(g * (y - mu)) coded with the Gaussian table of each element's index.
 
 The decoder repeats 2-4 per tile (every table choice bit-identical), assembles y_hat and
-runs g_s on each tile's latents with ``SYNTHESIS_MARGIN`` latents of context, keeping the
-centre: a tiled decode equals the untiled one. Memory is the tile plus y_hat (1/256 of the
-pixels x 192 channels).
+runs g_s window by window with ``SYNTHESIS_MARGIN`` latents of context, keeping each
+window's centre: the pixels do not depend on tiles or windows. Memory is the image, y_hat
+(1/256 of the pixels x 192 channels) and one window's activations.
 
 Version 1 files coded each tile on its own, pixels included (visible seams); they still
 decode. The seed-dense model codes 48x48 blocks in independent tiles in both versions.
@@ -38,8 +39,11 @@ TILE_SIZE = 1024
 MAX_TILE_SIZE = 4096  # a decoder refuses larger tiles: memory per tile stays bounded
 # Context around a tile, beyond the transforms' reach: g_a's four 5x5 stride-2 layers see
 # 30 pixels past a latent's 16, g_s's four 5x5 stride-2 transposed layers ~2 latents.
-ANALYSIS_MARGIN = 64  # pixels, a multiple of 64 so windows stay on the latent grid
+ANALYSIS_MARGIN = 32  # pixels, a multiple of 16 so windows stay on the latent grid
 SYNTHESIS_MARGIN = 4  # latents
+# The transforms run in windows of this many pixels (plus the margins): their activations,
+# not the image, bound the memory (a 1024 window made g_a peak near 1 GB on its own).
+TRANSFORM_WINDOW = 512
 HYPER_CONTEXT = 8  # latents of y around a tile that h_a sees (its reach is 4)
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 _DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
@@ -188,13 +192,13 @@ def _expand(
     )
 
 
-def _tile_latents(
-    model: CodecModel, pixels: np.ndarray, tile_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """For each tile (raster order of the padded image): (y of the tile, z from h_a).
+def analysis_grid(
+    model: CodecModel, pixels: np.ndarray, window: int = TRANSFORM_WINDOW
+) -> np.ndarray:
+    """y = g_a of the image padded centred to a multiple of 64, (H/16, W/16, C) float32.
 
-    y equals g_a of the whole padded image; z is h_a of y with ``HYPER_CONTEXT`` latents
-    of context, so that h_s predicts the tile's edges from what lies beyond them too.
+    Computed in windows of ``window`` pixels plus ``ANALYSIS_MARGIN`` around each, so the
+    memory of the transform is bounded by the window and the result does not depend on it.
     """
     from keras import ops
 
@@ -202,15 +206,35 @@ def _tile_latents(
     multiple, stride = model.pad_multiple, model.stride
     padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
     top, left = _centre_offsets(height, width, multiple)
-    net = model.keras_model
+    image = (0, 0, padded_w, padded_h)
+    grid = np.empty((padded_h // stride, padded_w // stride, model.latent_channels), np.float32)
+    for box in tiles(padded_w, padded_h, window):
+        context = _expand(box, ANALYSIS_MARGIN, padded_w, padded_h)
+        x = _padded_window(pixels, top, left, context)[None].astype(np.float32) / 255.0
+        y = ops.convert_to_numpy(model.keras_model.g_a(x))[0]
+        grid[_inner(box, image, stride)] = y[_inner(box, context, stride)]
+    return grid
+
+
+def _tile_latents(
+    model: CodecModel, pixels: np.ndarray, tile_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each tile (raster order of the padded image): (y of the tile, z from h_a).
+
+    y is cut from g_a of the whole padded image; z is h_a of y with ``HYPER_CONTEXT``
+    latents of context, so that h_s predicts the tile's edges from what lies beyond them.
+    """
+    from keras import ops
+
+    y = analysis_grid(model, pixels)
+    stride, multiple = model.stride, model.pad_multiple
+    padded_h, padded_w = y.shape[0] * stride, y.shape[1] * stride
+    image = (0, 0, padded_w, padded_h)
     for box in tiles(padded_w, padded_h, tile_size):
         context = _expand(box, HYPER_CONTEXT * stride, padded_w, padded_h)
-        window = _expand(context, ANALYSIS_MARGIN, padded_w, padded_h)
-        x = _padded_window(pixels, top, left, window)[None].astype(np.float32) / 255.0
-        y = ops.convert_to_numpy(net.g_a(x))[0]
-        y = y[_inner(context, window, stride)]  # the exact part: context around the tile
-        z = ops.convert_to_numpy(net.h_a(y[None]))[0]
-        yield y[_inner(box, context, stride)], z[_inner(box, context, multiple)]
+        y_context = y[_inner(context, image, stride)]
+        z = ops.convert_to_numpy(model.keras_model.h_a(y_context[None]))[0]
+        yield y_context[_inner(box, context, stride)], z[_inner(box, context, multiple)]
 
 
 def _inner(
@@ -239,17 +263,17 @@ def _decode_image_hyperprior(
         rows, cols = _inner(box, (0, 0, padded_w, padded_h), stride)
         shape = (rows.stop - rows.start, cols.stop - cols.start)
         y_hat[rows, cols] = _decode_latents(model, payload, shape, gain_step)
-    return synthesis(model, y_hat, width, height, tile_size)
+    return synthesis(model, y_hat, width, height)
 
 
 def synthesis(
-    model: CodecModel, y_hat: np.ndarray, width: int, height: int, tile_size: int = TILE_SIZE
+    model: CodecModel, y_hat: np.ndarray, width: int, height: int, window: int = TRANSFORM_WINDOW
 ) -> np.ndarray:
-    """g_s of the whole latent grid, run tile by tile with context: (height, width, 3) uint8.
+    """g_s of the whole latent grid, run window by window: (height, width, 3) uint8.
 
-    ``y_hat`` covers the image padded centred to a multiple of 64; each tile's pixels come
+    ``y_hat`` covers the image padded centred to a multiple of 64; each window's pixels come
     from g_s on its latents plus ``SYNTHESIS_MARGIN`` around them, so the result does not
-    depend on ``tile_size`` (up to float rounding).
+    depend on ``window`` (up to float rounding).
     """
     from keras import ops
 
@@ -258,14 +282,14 @@ def synthesis(
     top, left = _centre_offsets(height, width, multiple)
     image = (left, top, left + width, top + height)
     out = np.empty((height, width, 3), np.uint8)
-    for box in tiles(padded_w, padded_h, tile_size):
-        window = _expand(box, SYNTHESIS_MARGIN * stride, padded_w, padded_h)
-        rows, cols = _inner(window, (0, 0, padded_w, padded_h), stride)
+    for box in tiles(padded_w, padded_h, window):
+        context = _expand(box, SYNTHESIS_MARGIN * stride, padded_w, padded_h)
+        rows, cols = _inner(context, (0, 0, padded_w, padded_h), stride)
         x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None, rows, cols]))[0]
-        # The tile's pixels that lie inside the image, in the window and in the output.
+        # The window's pixels that lie inside the image, in the context and in the output.
         keep = (max(box[0], image[0]), max(box[1], image[1]))
         keep += (min(box[2], image[2]), min(box[3], image[3]))
-        out[_inner(keep, image, 1)] = _to_uint8(x_hat[_inner(keep, window, 1)])
+        out[_inner(keep, image, 1)] = _to_uint8(x_hat[_inner(keep, context, 1)])
     return out
 
 

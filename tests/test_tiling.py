@@ -26,21 +26,25 @@ def pixels(smooth) -> np.ndarray:
     return smooth(200, 150, 3, seed=4, noise=4.0)
 
 
-def test_tiled_analysis_equals_the_whole_image(model, pixels):
+def test_windowed_analysis_equals_the_whole_image(model, pixels):
     whole = codec.analysis(model, pixels, centred=True)
-    tiled = np.zeros_like(whole)
-    boxes = codec.tiles(256, 192, 64)  # the padded image in tiles of 64 pixels
+    assert np.allclose(codec.analysis_grid(model, pixels, window=64), whole, atol=1e-4)
+
+
+def test_tiles_cut_the_latent_grid(model, pixels):
+    y = codec.analysis_grid(model, pixels)
     latents = list(codec._tile_latents(model, pixels, 64))
+    boxes = codec.tiles(256, 192, 64)  # the padded image in tiles of 64 pixels
     assert len(latents) == len(boxes) == 12
-    for (left, top, right, bottom), (y, _) in zip(boxes, latents, strict=True):
-        tiled[top // 16 : bottom // 16, left // 16 : right // 16] = y
-    assert np.allclose(tiled, whole, atol=1e-4)
+    for (left, top, right, bottom), (y_tile, z_tile) in zip(boxes, latents, strict=True):
+        assert np.array_equal(y_tile, y[top // 16 : bottom // 16, left // 16 : right // 16])
+        assert z_tile.shape == ((bottom - top) // 64, (right - left) // 64, 128)
 
 
-def test_tiled_synthesis_equals_the_whole_image(model, pixels):
+def test_windowed_synthesis_equals_the_whole_image(model, pixels):
     y_hat = np.rint(codec.analysis(model, pixels, centred=True))
-    whole = codec.synthesis(model, y_hat, 200, 150, tile_size=4096)
-    tiled = codec.synthesis(model, y_hat, 200, 150, tile_size=64)
+    whole = codec.synthesis(model, y_hat, 200, 150, window=4096)
+    tiled = codec.synthesis(model, y_hat, 200, 150, window=64)
     difference = np.abs(whole.astype(np.int16) - tiled.astype(np.int16))
     assert difference.max() <= 1  # float rounding only
     assert np.mean(difference > 0) < 0.01
