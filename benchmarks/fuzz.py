@@ -102,6 +102,7 @@ CORPUS: tuple[Spec, ...] = (
     Spec("la-24x20-q90", (24, 20), "LA", {"quality": 90}),
     Spec("rgb-130x70-q10", (130, 70), "RGB", {"quality": 10}),
     Spec("rgb-1100x70-q60-2tiles", (1100, 70), "RGB", {"quality": 60}),
+    Spec("rgb-1024x1-q60", (1024, 1), "RGB", {"quality": 60}),  # a one-row tile to repeat
 )
 
 
@@ -232,7 +233,10 @@ _FIELD_VALUES: dict[str, tuple[int | bytes, ...]] = {
     "hyper_stride": (0, 1, 2, 4, 8, 16, 32, 48, 255),
     "mode": (b"RGB", b"L", b"RGBA", b"LA", b"", b"P", b"1", b"I;16", b"RGBX", b"rgb", b"\xff"),
 }
-_MAX_FIXED_TILES = 64  # a forged grid larger than this keeps the tiles it has
+# Whole shapes: a legal pixel count in extreme aspect ratios (the codec pads to 64), bombs.
+_SHAPES = ((1, 1), (1, 2), (63, 1), (65, 65), (1100, 70), (1024, 1024), (4096, 64), (64, 4096))
+_SHAPES += ((16384, 16), (65472, 1), (1, 65472), (2**24, 1), (2**24, 2**24), (2**32 - 1, 1))
+_MAX_FIXED_TILES = 256  # a forged grid larger than this keeps the tiles it has
 
 
 def chunk(ctype: bytes, data: bytes) -> bytes:
@@ -370,6 +374,7 @@ class _Forgery:
         self.operations: dict[str, Callable[[], str]] = {
             "tile": self.tile,
             "field": self.field,
+            "size": self.size,
             "model": self.model,
             "khdr": self.khdr_bytes,
             "alpha": self.alpha,
@@ -380,7 +385,7 @@ class _Forgery:
     def forge(self) -> tuple[bytes, str]:
         names = self.rng.choices(
             list(self.operations),
-            weights=(30, 25, 5, 5, 10, 10, 15),
+            weights=(30, 25, 5, 5, 5, 10, 10, 15),
             k=self.rng.choice((1, 1, 2, 3)),
         )
         notes = [self.operations[name]() for name in names]
@@ -465,11 +470,11 @@ class _Forgery:
         positions = self._positions(b"KTIL")
         if count > _MAX_FIXED_TILES or not positions or self.rng.random() < 0.3:
             return ""
-        old = [self.chunks[p][1] for p in positions]
-        pool = old if self.rng.random() < 0.6 else self.corpus.tiles
+        own = self.rng.random() < 0.6
+        pool = [self.chunks[p][1] for p in positions] if own else self.corpus.tiles
         new = [(b"KTIL", pool[i % len(pool)]) for i in range(count)]
         self.chunks[positions[0] : positions[-1] + 1] = new
-        return f", {count} tiles"
+        return f", {count} {'own' if own else 'corpus'} tiles"
 
     def _fix_alpha(self) -> str:
         """Add or drop ALPH to suit a forged mode (most of the time)."""
@@ -525,6 +530,18 @@ class _Forgery:
         elif name == "mode":
             note += self._fix_alpha()
         return note
+
+    def size(self) -> str:
+        """Width and height together, so that an extreme shape gets past the tile count."""
+        rng = self.rng
+        shape = rng.choice([*_SHAPES, (rng.randint(1, 2000), rng.randint(1, 2000))])
+        self.fields["width"], self.fields["height"] = shape
+        if rng.random() < 0.5:
+            self.fields["tile_size"] = rng.choice((64, 1024, 4096))
+        self.khdr = None
+        return f"KHDR size = {shape[0]}x{shape[1]}, tile {self.fields['tile_size']}" + (
+            self._fix_tiles()
+        )
 
     def model(self) -> str:
         """Another corpus model's name, hash, channels and strides: the payload reaches it."""
@@ -751,12 +768,20 @@ def campaign(
     context = get_context("spawn")
     tallies = {mode: Tally() for mode in modes}
     jobs = _jobs(corpus, modes, cases, seed)
-    pool = [_Worker(context, corpus.files, max_pixels) for _ in range(workers)]
+    left = cases * len(modes)  # cases not yet sent to a worker
+    pool = [_Worker(context, corpus.files, max_pixels) for _ in range(min(workers, left))]
     startup_rss, peak_rss, peak_case = 0.0, 0.0, ""
     shown: Counter[str] = Counter()
     progress = tqdm(total=cases * len(modes), desc="fuzz", smoothing=0.05)
     start = time.perf_counter()
-    interrupted, exhausted = False, False
+    interrupted = False
+
+    def replace(worker: _Worker) -> None:
+        """Stop a worker that crashed or hung; start another if cases are left."""
+        worker.stop()
+        pool.remove(worker)
+        if left:
+            pool.append(_Worker(context, corpus.files, max_pixels))
 
     def finish(worker: _Worker, outcome: str, detail: str, seconds: float) -> None:
         case = worker.case
@@ -779,20 +804,15 @@ def campaign(
     try:
         while True:
             for worker in pool:
-                if worker.ready and worker.case is None and not exhausted:
-                    case = next(jobs, None)
-                    if case is None:
-                        exhausted = True
-                    else:
-                        worker.start(case, timeout)
+                if worker.ready and worker.case is None and left:
+                    worker.start(next(jobs), timeout)
+                    left -= 1
             active = [w for w in pool if not w.ready or w.case is not None]
             if not active:
                 break
             wait = max(min(w.deadline for w in active) - time.monotonic(), 0)
             readable = connection.wait([w.conn for w in active], timeout=wait)
-            for number, worker in enumerate(pool):
-                if worker not in active:
-                    continue
+            for worker in active:
                 if worker.conn in readable:
                     try:
                         message = worker.conn.recv()
@@ -801,8 +821,7 @@ def campaign(
                             raise RuntimeError("a fuzz worker died while starting") from None
                         code = worker.process.exitcode
                         finish(worker, "crash", f"worker exit code {code}", timeout)
-                        worker.stop()
-                        pool[number] = _Worker(context, corpus.files, max_pixels)
+                        replace(worker)
                         continue
                     if not worker.ready:
                         worker.ready = True
@@ -818,8 +837,7 @@ def campaign(
                     if worker.case is None:
                         raise RuntimeError(f"a fuzz worker did not start in {STARTUP_S:.0f} s")
                     finish(worker, "hang", f"no result in {timeout} s", timeout)
-                    worker.stop()
-                    pool[number] = _Worker(context, corpus.files, max_pixels)
+                    replace(worker)
     except KeyboardInterrupt:
         interrupted = True
     finally:
