@@ -574,7 +574,11 @@ class _Forgery:
         pngs = self.corpus.alpha_pngs(self._int("width"), self._int("height"))
         if not positions:
             self._insert_alpha(rng.choice(pngs))
-            return "ALPH added"
+            if rng.random() < 0.3:
+                return "ALPH added"
+            self.fields["mode"] = rng.choice((b"RGBA", b"LA"))
+            self.khdr = None
+            return f"ALPH added, mode {self.fields['mode']!r}"
         at = positions[0]
         data = self.chunks[at][1]
         kind = rng.choice(("png", "png", "flip", "truncate", "random", "empty"))
