@@ -401,6 +401,7 @@ class _Forgery:
     # -- tile payloads
 
     def tile(self) -> str:
+        """One tile payload: random, flipped, cut, extended, emptied, swapped or spliced."""
         rng = self.rng
         positions = self._positions(b"KTIL")
         if not positions:
@@ -520,6 +521,7 @@ class _Forgery:
         return rng.choice(_FIELD_VALUES[name])
 
     def field(self) -> str:
+        """One KHDR field: edge and out-of-range values, with tiles or ALPH to match."""
         name = self.rng.choice(sorted(self.fields))
         self.fields[name] = value = self._value(name)
         self.khdr = None
@@ -550,6 +552,7 @@ class _Forgery:
         return f"KHDR model = {model['model_name']!r}"
 
     def khdr_bytes(self) -> str:
+        """Raw KHDR data: flipped, overwritten, cut or extended (the CRC still fits)."""
         rng = self.rng
         data = pack_khdr(self.fields) if self.khdr is None else self.khdr
         kind = rng.choice(("flip", "set-byte", "truncate", "extend"))
@@ -569,6 +572,7 @@ class _Forgery:
     # -- ALPH and metadata
 
     def alpha(self) -> str:
+        """ALPH: other PNGs (wrong size or mode, a bomb), damaged PNG, noise; or added."""
         rng = self.rng
         positions = self._positions(b"ALPH")
         pngs = self.corpus.alpha_pngs(self._int("width"), self._int("height"))
@@ -598,6 +602,7 @@ class _Forgery:
         return f"ALPH: {kind}"
 
     def metadata(self) -> str:
+        """Metadata and unknown chunks (ancillary and critical), replaced or inserted."""
         rng = self.rng
         ctype = rng.choice((b"iCCP", b"eXIf", b"xMPs", b"teSt", b"zzzz", b"TEST", b"Ktil"))
         data = rng.choice(
@@ -611,6 +616,7 @@ class _Forgery:
         return f"{ctype.decode()}: inserted, {len(data)} bytes"
 
     def structure(self) -> str:
+        """Chunk order and framing: drop, duplicate, swap, move, cut, bad types, trailer."""
         rng, chunks = self.rng, self.chunks
         kind = rng.choice(
             ("drop", "duplicate", "swap", "move", "khdr", "kend-body", "cut", "trailer", "type")
