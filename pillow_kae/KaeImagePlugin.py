@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from typing import IO
 
 import numpy as np
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 FORMAT = "KAE"
 MIME = "image/x-kae"
 DEFAULT_QUALITY = 75
+# The decoder works on the image padded to multiples of this many pixels (docs/format.md
+# §5.1; seed-dense pads to 48): for one row of pixels, 64 times the image.
+_PAD = 64
 
 # Pillow mode -> how it is stored. Anything not here is refused.
 _SAVE_MODES = {
@@ -60,6 +64,7 @@ class KaeImageFile(ImageFile.ImageFile):
             header, metadata = container.read_header(self.fp)
         except container.KaeFormatError as err:
             raise SyntaxError(f"not a valid KAE file: {err}") from err
+        _check_padded_size(header.width, header.height)
         self._kae_header = header
         self._mode = header.mode
         self._size = (header.width, header.height)
@@ -67,6 +72,34 @@ class KaeImageFile(ImageFile.ImageFile):
         self.info["quality"] = header.quality
         self.info.update(metadata)
         self.tile = [ImageFile._Tile("kae", (0, 0, *self.size), 0, None)]
+
+
+def _check_padded_size(width: int, height: int) -> None:
+    """Pillow's decompression-bomb check on the padded area, which is what the decoder pays.
+
+    Pillow checks width x height after ``_open``; a forged 16777216 x 1 header passes that,
+    yet would make the decoder synthesise 2**30 pixels from 3 GB of latents.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    padded_w, padded_h = -(-width // _PAD) * _PAD, -(-height // _PAD) * _PAD
+    padded = padded_w * padded_h
+    message = (
+        f"KAE image {width}x{height} decodes padded to {padded_w}x{padded_h} = {padded} pixels"
+    )
+    if padded > 2 * limit:
+        raise Image.DecompressionBombError(
+            f"{message}, more than twice the limit of {limit} pixels: "
+            "could be a decompression bomb DOS attack."
+        )
+    if padded > limit >= width * height:  # otherwise Pillow warns itself
+        warnings.warn(
+            f"{message}, more than the limit of {limit} pixels: "
+            "could be a decompression bomb DOS attack.",
+            Image.DecompressionBombWarning,
+            stacklevel=2,
+        )
 
 
 class KaeDecoder(ImageFile.PyDecoder):

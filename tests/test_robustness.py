@@ -190,6 +190,28 @@ def test_decompression_bomb_header():
     assert peak < 4 << 20, f"refusing a bomb header allocated {peak} bytes"
 
 
+def test_bomb_limit_applies_to_the_padded_area():
+    """16777216 x 1 is under Pillow's limit, but the decoder pads it to 64 rows: 2**30 pixels.
+
+    Found by benchmarks/fuzz.py: one-row tiles repeated along a forged width decoded 64 times
+    slower than an image of as many pixels.
+    """
+    side = container.MAX_DIMENSION
+    assert side <= Image.MAX_IMAGE_PIXELS
+    data = _header_only_file(_header(width=side, height=1, tile_size=4096))
+    with pytest.raises(Image.DecompressionBombError, match="padded to 16777216x64"):
+        _open(data)
+
+
+def test_padded_area_warns_like_pillow(monkeypatch):
+    data = _header_only_file(_header(width=65472, height=1))  # padded: 65472 x 64
+    with _open(data) as im:  # well under the default limit
+        assert im.size == (65472, 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3_000_000)
+    with pytest.warns(Image.DecompressionBombWarning, match="padded"), _open(data) as im:
+        assert im.size == (65472, 1)
+
+
 def test_large_header_without_tiles_fails_before_allocating():
     # Below Pillow's bomb limit, but the file lacks the tiles: fails in the container read,
     # before the 9 MB of pixels are allocated.
