@@ -8,10 +8,12 @@ coding is cut into tiles:
    pixels with ``ANALYSIS_MARGIN`` of context (the same y, in bounded memory);
 2. per tile, z = round(h_a(y)) of the tile's y with ``HYPER_CONTEXT`` latents around it,
    coded with one fixed table per channel;
-3. the fixed-point h_s on z (integers only) -> means and scale-table indices;
+3. the fixed-point h_s (integers only) on the whole z grid, a tile plus
+   ``HYPER_SYNTHESIS_MARGIN`` at a time -> means and scale-table indices;
 4. round(g * (y - mu)) coded with the Gaussian table of each element's index.
 
-The decoder repeats 2-4 per tile (every table choice bit-identical), assembles y_hat and
+The decoder reads every tile's z, then every tile's y (every table choice bit-identical:
+no tile edge in the means either), assembles y_hat and
 runs g_s window by window with ``SYNTHESIS_MARGIN`` latents of context, keeping each
 window's centre: the pixels do not depend on tiles or windows. Memory is the image, y_hat
 (1/256 of the pixels x 192 channels) and one window's activations.
@@ -45,6 +47,7 @@ SYNTHESIS_MARGIN = 4  # latents
 # not the image, bound the memory (a 1024 window made g_a peak near 1 GB on its own).
 TRANSFORM_WINDOW = 512
 HYPER_CONTEXT = 8  # latents of y around a tile that h_a sees (its reach is 4)
+HYPER_SYNTHESIS_MARGIN = 2  # cells of ẑ around a tile that h_s sees (its reach is 1.75)
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 _DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
 
@@ -122,7 +125,28 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def _params(model: CodecModel, z_hat: np.ndarray, gain_step: int) -> tuple[np.ndarray, np.ndarray]:
     """(means in float, table indices) from integer z_hat, through the integer h_s."""
-    out = model.hyper_synthesis(z_hat)
+    return _split_params(model, model.hyper_synthesis(z_hat), gain_step)
+
+
+def _tile_params(
+    model: CodecModel, z_grid: np.ndarray, box: tuple[int, int, int, int], gain_step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Means and table indices of one tile's y from h_s on the whole ẑ grid.
+
+    h_s runs on the tile's ẑ plus ``HYPER_SYNTHESIS_MARGIN`` cells of its neighbours (zero
+    beyond the image), which gives exactly the values of h_s on the whole grid: a tile's
+    edge is predicted as if there were no tiles, so no seam comes from the means.
+    """
+    multiple, stride = model.pad_multiple, model.stride
+    image = (0, 0, z_grid.shape[1] * multiple, z_grid.shape[0] * multiple)
+    context = _expand(box, HYPER_SYNTHESIS_MARGIN * multiple, image[2], image[3])
+    out = model.hyper_synthesis(z_grid[_inner(context, image, multiple)])
+    return _split_params(model, out[_inner(box, context, stride)], gain_step)
+
+
+def _split_params(
+    model: CodecModel, out: np.ndarray, gain_step: int
+) -> tuple[np.ndarray, np.ndarray]:
     m = model.latent_channels
     means = out[..., :m].astype(np.float64) / (1 << ACTIVATION_BITS)
     indices = scale_indices(out[..., m:], model.thresholds, gain_step)
@@ -142,15 +166,29 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
     return ops.convert_to_numpy(model.keras_model.g_a(x))[0]
 
 
-def _encode_latents(model: CodecModel, y: np.ndarray, z: np.ndarray, gain_step: int) -> bytes:
-    """One tile's y (rows, cols, C) and z -> its payload: z, then y around h_s's means."""
-    z_hat = np.rint(z).astype(np.int64)
-    encoder = new_encoder()
-    model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
-    means, indices = _params(model, z_hat, gain_step)
+def _encode_image_hyperprior(
+    model: CodecModel, pixels: np.ndarray, gain_step: int, tile_size: int
+) -> list[bytes]:
+    """Each tile's payload: its ẑ, then its y around the means h_s gives from the ẑ grid."""
+    multiple = model.pad_multiple
+    latents = list(_tile_latents(model, pixels, tile_size))
+    height, width = pixels.shape[:2]
+    padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
+    boxes = tiles(padded_w, padded_h, tile_size)
+    image = (0, 0, padded_w, padded_h)
+    z_grid = np.zeros((padded_h // multiple, padded_w // multiple, model.hyper_channels), np.int64)
+    for box, (_, z) in zip(boxes, latents, strict=True):
+        z_grid[_inner(box, image, multiple)] = np.rint(z)
     g = gain(gain_step)
-    model.y_coder.encode(encoder, np.rint(g * y.astype(np.float64) - g * means), indices)
-    return np.asarray(encoder.get_compressed(), dtype="<u4").tobytes()
+    payloads = []
+    for box, (y, _) in zip(boxes, latents, strict=True):
+        encoder = new_encoder()
+        z_hat = z_grid[_inner(box, image, multiple)]
+        model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
+        means, indices = _tile_params(model, z_grid, box, gain_step)
+        model.y_coder.encode(encoder, np.rint(g * y.astype(np.float64) - g * means), indices)
+        payloads.append(np.asarray(encoder.get_compressed(), dtype="<u4").tobytes())
+    return payloads
 
 
 def _decode_latents(
@@ -258,11 +296,27 @@ def _decode_image_hyperprior(
     stride, multiple = model.stride, model.pad_multiple
     padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
     boxes = tiles(padded_w, padded_h, tile_size)
+    image = (0, 0, padded_w, padded_h)
+    z_coder, y_coder = model.z_coder, model.y_coder  # model-side errors stay what they are
+    # Every tile's ẑ first (each stream pauses after it), then every tile's y.
+    decoders = [_stream(payload) for payload in payloads]
+    if len(decoders) != len(boxes):
+        raise TileDecodeError(f"{len(decoders)} tile payloads for {len(boxes)} tiles")
+    z_grid = np.zeros((padded_h // multiple, padded_w // multiple, model.hyper_channels), np.int64)
+    for box, decoder in zip(boxes, decoders, strict=True):
+        where = _inner(box, image, multiple)
+        shape = (where[0].stop - where[0].start, where[1].stop - where[1].start)
+        z_grid[where] = _decode_symbols(
+            z_coder, decoder, _channel_tables((*shape, model.hyper_channels))
+        )
+    g = gain(gain_step)
     y_hat = np.empty((padded_h // stride, padded_w // stride, model.latent_channels), np.float32)
-    for box, payload in zip(boxes, payloads, strict=True):
-        rows, cols = _inner(box, (0, 0, padded_w, padded_h), stride)
-        shape = (rows.stop - rows.start, cols.stop - cols.start)
-        y_hat[rows, cols] = _decode_latents(model, payload, shape, gain_step)
+    for box, decoder in zip(boxes, decoders, strict=True):
+        means, indices = _tile_params(model, z_grid, box, gain_step)
+        symbols = _decode_symbols(y_coder, decoder, indices)
+        y_hat[_inner(box, image, stride)] = np.clip(
+            (symbols.astype(np.float64) + g * means) / g, -1e4, 1e4
+        )
     return synthesis(model, y_hat, width, height)
 
 
@@ -365,9 +419,7 @@ def encode_image(
             _encode_blocks(model, pixels[top:bottom, left:right])
             for left, top, right, bottom in tiles(width, height, tile_size)
         ]
-    return [
-        _encode_latents(model, y, z, gain_step) for y, z in _tile_latents(model, pixels, tile_size)
-    ]
+    return _encode_image_hyperprior(model, pixels, gain_step, tile_size)
 
 
 def decode_image(

@@ -252,12 +252,12 @@ def test_forged_empty_tile_payload(small_kae):
 
 def test_model_side_errors_are_not_reported_as_damaged_files(small_kae, monkeypatch):
     """A ValueError from the model (here: building h_s) is a bug and must surface as one."""
-    from pillow_kae import codec
+    from pillow_kae.zoo import loader
 
-    def broken_params(*args: object) -> None:
+    def broken_hyper_synthesis(self: object) -> None:
         raise ValueError("fixed-point weight out of range")
 
-    monkeypatch.setattr(codec, "_params", broken_params)
+    monkeypatch.setattr(loader.CodecModel, "hyper_synthesis", property(broken_hyper_synthesis))
     with _open(small_kae) as im, pytest.raises(ValueError, match="fixed-point"):
         im.load()
 

@@ -50,6 +50,26 @@ def test_windowed_synthesis_equals_the_whole_image(model, pixels):
     assert np.mean(difference > 0) < 0.01
 
 
+def test_tile_params_equal_h_s_of_the_whole_grid(model):
+    rng = np.random.default_rng(3)
+    z_grid = rng.integers(-6, 7, (3, 5, model.hyper_channels))
+    whole = codec._params(model, z_grid, 0)
+    for box in codec.tiles(320, 192, 64):
+        means, indices = codec._tile_params(model, z_grid, box, 0)
+        rows, cols = slice(box[1] // 16, box[3] // 16), slice(box[0] // 16, box[2] // 16)
+        assert np.array_equal(indices, whole[1][rows, cols])
+        assert np.array_equal(means, whole[0][rows, cols])
+
+
+def test_tiled_file_decodes_like_one_tile(smooth, kae_encode, kae_decode, monkeypatch):
+    """Only the entropy coding is tiled: the pixels are those of a one-tile file."""
+    original = Image.fromarray(smooth(320, 192, 3, seed=2, noise=3.0))
+    one_tile = np.asarray(kae_decode(kae_encode(original, quality=30)))
+    monkeypatch.setattr(codec, "TILE_SIZE", 128)
+    tiled = np.asarray(kae_decode(kae_encode(original, quality=30)))
+    assert np.abs(tiled.astype(np.int16) - one_tile.astype(np.int16)).max() <= 1
+
+
 def _boundary_scores(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
     """Extra edge energy the codec adds at each column boundary, in median abs deviations."""
     o = original.astype(np.float64).mean(axis=-1)
