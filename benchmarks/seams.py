@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import pillow_kae  # noqa: F401  (registers the format)
@@ -96,9 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.crop is not None and len(rows) == 1:
             x, y = min(TILE, big.width // 2), min(TILE, big.height // 2)
             box = (x - 128, y - 128, x + 128, y + 128)
-            panel = Image.new("RGB", (512, 256))
-            panel.paste(big.crop(box), (0, 0))
-            panel.paste(Image.fromarray(kae).crop(box), (256, 0))
+            panel = Image.new("RGB", (512, 276), "white")
+            panel.paste(big.crop(box), (0, 20))
+            panel.paste(Image.fromarray(kae).crop(box), (256, 20))
+            draw = ImageDraw.Draw(panel)
+            draw.text((4, 4), f"original {path.stem} x{args.scale}", fill="black")
+            draw.text((260, 4), f".kae q{args.quality}: 4 tiles meet at the centre", fill="black")
             args.crop.parent.mkdir(parents=True, exist_ok=True)
             panel.save(args.crop)
     print(f"\n{'image':<9} {'size':>10} {'kae@tiles':>9} {'kae':>6} {'webp':>6} {'avif':>6}")
