@@ -24,18 +24,9 @@ from tqdm import tqdm
 
 import pillow_kae  # noqa: F401  (registers the format)
 from benchmarks.rd import test_images
+from pillow_kae.bench.metrics import boundary_scores
 
 TILE = 1024  # the tile size the encoder writes (``kae info`` shows it)
-
-
-def boundary_scores(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """Per column boundary (x, x + 1): extra edge energy in median absolute deviations."""
-    o = original.astype(np.float64).mean(axis=-1)
-    d = decoded.astype(np.float64).mean(axis=-1)
-    extra = np.abs(np.diff(d, axis=1)).mean(axis=0) - np.abs(np.diff(o, axis=1)).mean(axis=0)
-    median = np.median(extra)
-    mad = np.median(np.abs(extra - median))
-    return (extra - median) / max(mad, 1e-9)
 
 
 def _coded(image: Image.Image, fmt: str, **options: object) -> tuple[int, np.ndarray]:

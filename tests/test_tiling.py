@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae import codec, container
+from pillow_kae.bench.metrics import boundary_scores
 from pillow_kae.zoo import loader
 
 MODEL = "kae-low"
@@ -70,15 +71,6 @@ def test_tiled_file_decodes_like_one_tile(smooth, kae_encode, kae_decode, monkey
     assert np.abs(tiled.astype(np.int16) - one_tile.astype(np.int16)).max() <= 1
 
 
-def _boundary_scores(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """Extra edge energy the codec adds at each column boundary, in median abs deviations."""
-    o = original.astype(np.float64).mean(axis=-1)
-    d = decoded.astype(np.float64).mean(axis=-1)
-    extra = np.abs(np.diff(d, axis=1)).mean(axis=0) - np.abs(np.diff(o, axis=1)).mean(axis=0)
-    median = np.median(extra)
-    return (extra - median) / np.median(np.abs(extra - median))
-
-
 def test_no_seams_at_tile_boundaries(smooth, kae_encode, kae_decode, monkeypatch):
     """Tiles of 128 pixels on a smooth 320x192 photo-like image: no boundary stands out.
 
@@ -91,8 +83,8 @@ def test_no_seams_at_tile_boundaries(smooth, kae_encode, kae_decode, monkeypatch
     header = container.read(io.BytesIO(data)).header
     assert (header.tile_size, header.tile_count, header.version) == (128, 6, 2)
     decoded = np.asarray(kae_decode(data))
-    columns = _boundary_scores(original, decoded)
-    rows = _boundary_scores(original.transpose(1, 0, 2), decoded.transpose(1, 0, 2))
+    columns = boundary_scores(original, decoded)
+    rows = boundary_scores(original.transpose(1, 0, 2), decoded.transpose(1, 0, 2))
     at_tiles = [columns[127], columns[255], rows[127]]
     assert max(at_tiles) <= 10, at_tiles
 

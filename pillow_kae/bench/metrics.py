@@ -1,4 +1,4 @@
-"""Distortion metrics on RGB pixels: PSNR and MS-SSIM, in NumPy only.
+"""Distortion metrics on RGB pixels: PSNR, MS-SSIM and the seam score, in NumPy only.
 
 One home for the metrics every benchmark and the training evaluation report, so that a
 figure means the same thing wherever it is printed.
@@ -136,3 +136,18 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 def ms_ssim_db(value: float) -> float:
     """MS-SSIM on a dB scale, -10 log10(1 - MS-SSIM), where equal steps look alike."""
     return float("inf") if value >= 1 else -10 * math.log10(1 - value)
+
+
+def boundary_scores(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """Per column boundary (x, x + 1): the edge energy a codec adds, in deviations.
+
+    The mean |horizontal gradient| of the decoded image minus the original's, per column,
+    in median absolute deviations from the median over all columns: a tile seam stands
+    out by tens. Transpose both images (rows first) for the row boundaries.
+    """
+    o = original.astype(np.float64).mean(axis=-1)
+    d = decoded.astype(np.float64).mean(axis=-1)
+    extra = np.abs(np.diff(d, axis=1)).mean(axis=0) - np.abs(np.diff(o, axis=1)).mean(axis=0)
+    median = np.median(extra)
+    mad = np.median(np.abs(extra - median))
+    return (extra - median) / max(mad, 1e-9)
