@@ -201,7 +201,11 @@ def _decode_latents(
     decoder = _stream(payload)
     z_hat = _decode_symbols(z_coder, decoder, _channel_tables(z_shape))
     means, indices = _params(model, z_hat, gain_step)
-    symbols = _decode_symbols(y_coder, decoder, indices)
+    return _dequantize(_decode_symbols(y_coder, decoder, indices), means, gain_step)
+
+
+def _dequantize(symbols: np.ndarray, means: np.ndarray, gain_step: int) -> np.ndarray:
+    """y_hat = q / g + mu, clipped so that forged symbols cannot overflow g_s."""
     g = gain(gain_step)
     return np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
 
@@ -309,14 +313,11 @@ def _decode_image_hyperprior(
         z_grid[where] = _decode_symbols(
             z_coder, decoder, _channel_tables((*shape, model.hyper_channels))
         )
-    g = gain(gain_step)
     y_hat = np.empty((padded_h // stride, padded_w // stride, model.latent_channels), np.float32)
     for box, decoder in zip(boxes, decoders, strict=True):
         means, indices = _tile_params(model, z_grid, box, gain_step)
         symbols = _decode_symbols(y_coder, decoder, indices)
-        y_hat[_inner(box, image, stride)] = np.clip(
-            (symbols.astype(np.float64) + g * means) / g, -1e4, 1e4
-        )
+        y_hat[_inner(box, image, stride)] = _dequantize(symbols, means, gain_step)
     return synthesis(model, y_hat, width, height)
 
 
