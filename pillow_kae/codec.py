@@ -159,11 +159,8 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
     The codec pads ``centred``; the public features pad bottom-right so that latent (i, j)
     covers pixels [16i, 16i + 16) x [16j, 16j + 16).
     """
-    from keras import ops
-
     padded = (_pad_centred if centred else _pad)(pixels, model.pad_multiple)
-    x = padded[None].astype(np.float32) / 255.0
-    return ops.convert_to_numpy(model.keras_model.g_a(x))[0]
+    return model.transform("g_a")(padded[None].astype(np.float32) / 255.0)[0]
 
 
 def _encode_image_hyperprior(
@@ -242,8 +239,6 @@ def analysis_grid(
     Computed in windows of ``window`` pixels plus ``ANALYSIS_MARGIN`` around each, so the
     memory of the transform is bounded by the window and the result does not depend on it.
     """
-    from keras import ops
-
     height, width = pixels.shape[:2]
     multiple, stride = model.pad_multiple, model.stride
     padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
@@ -253,7 +248,7 @@ def analysis_grid(
     for box in tiles(padded_w, padded_h, window):
         context = _expand(box, ANALYSIS_MARGIN, padded_w, padded_h)
         x = _padded_window(pixels, top, left, context)[None].astype(np.float32) / 255.0
-        y = ops.convert_to_numpy(model.keras_model.g_a(x))[0]
+        y = model.transform("g_a")(x)[0]
         grid[_inner(box, image, stride)] = y[_inner(box, context, stride)]
     return grid
 
@@ -266,8 +261,6 @@ def _tile_latents(
     y is cut from g_a of the whole padded image; z is h_a of y with ``HYPER_CONTEXT``
     latents of context, so that h_s predicts the tile's edges from what lies beyond them.
     """
-    from keras import ops
-
     y = analysis_grid(model, pixels)
     stride, multiple = model.stride, model.pad_multiple
     padded_h, padded_w = y.shape[0] * stride, y.shape[1] * stride
@@ -275,7 +268,7 @@ def _tile_latents(
     for box in tiles(padded_w, padded_h, tile_size):
         context = _expand(box, HYPER_CONTEXT * stride, padded_w, padded_h)
         y_context = y[_inner(context, image, stride)]
-        z = ops.convert_to_numpy(model.keras_model.h_a(y_context[None]))[0]
+        z = model.transform("h_a")(y_context[None])[0]
         yield y_context[_inner(box, context, stride)], z[_inner(box, context, multiple)]
 
 
@@ -330,8 +323,6 @@ def synthesis(
     from g_s on its latents plus ``SYNTHESIS_MARGIN`` around them, so the result does not
     depend on ``window`` (up to float rounding).
     """
-    from keras import ops
-
     stride, multiple = model.stride, model.pad_multiple
     padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
     top, left = _centre_offsets(height, width, multiple)
@@ -340,7 +331,7 @@ def synthesis(
     for box in tiles(padded_w, padded_h, window):
         context = _expand(box, SYNTHESIS_MARGIN * stride, padded_w, padded_h)
         rows, cols = _inner(context, (0, 0, padded_w, padded_h), stride)
-        x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None, rows, cols]))[0]
+        x_hat = model.transform("g_s")(y_hat[None, rows, cols])[0]
         # The window's pixels that lie inside the image, in the context and in the output.
         keep = (max(box[0], image[0]), max(box[1], image[1]))
         keep += (min(box[2], image[2]), min(box[3], image[3]))
@@ -352,8 +343,6 @@ def _decode_tile_v1(
     model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
 ) -> np.ndarray:
     """Format version 1: the tile was coded on its own, pixels padded centred."""
-    from keras import ops
-
     multiple = model.pad_multiple
     shape = (
         _round_up(height, multiple) // model.stride,
@@ -361,7 +350,7 @@ def _decode_tile_v1(
     )
     y_hat = _decode_latents(model, payload, shape, gain_step)
     top, left = _centre_offsets(height, width, multiple)
-    x_hat = ops.convert_to_numpy(model.keras_model.g_s(y_hat[None]))[0]
+    x_hat = model.transform("g_s")(y_hat[None])[0]
     return _to_uint8(x_hat[top : top + height, left : left + width])
 
 
@@ -377,11 +366,9 @@ def _blocks(pixels: np.ndarray, block: int) -> tuple[np.ndarray, tuple[int, int]
 
 def block_latents(model: CodecModel, pixels: np.ndarray) -> np.ndarray:
     """The seed model's bottleneck per 48x48 block, (rows, cols, 1728) float32."""
-    from keras import ops
-
     blocks, (rows, cols) = _blocks(pixels, model.pad_multiple)
-    y = model.keras_model.encoder(blocks.astype(np.float32) / 255.0, training=False)
-    return ops.convert_to_numpy(y).reshape(rows, cols, -1)
+    y = model.transform("encoder")(blocks.astype(np.float32) / 255.0)
+    return y.reshape(rows, cols, -1)
 
 
 def _encode_blocks(model: CodecModel, pixels: np.ndarray) -> bytes:
@@ -392,15 +379,13 @@ def _encode_blocks(model: CodecModel, pixels: np.ndarray) -> bytes:
 
 
 def _decode_blocks(model: CodecModel, payload: bytes, width: int, height: int) -> np.ndarray:
-    from keras import ops
-
     block = model.pad_multiple
     rows, cols = _round_up(height, block) // block, _round_up(width, block) // block
     coder = model.z_coder
     shape = (rows * cols, model.latent_channels)
     y_hat = _decode_symbols(coder, _stream(payload), _channel_tables(shape))
     y_hat = np.clip(y_hat, -1e4, 1e4).astype(np.float32)
-    x_hat = ops.convert_to_numpy(model.keras_model.decoder(y_hat, training=False))
+    x_hat = model.transform("decoder")(y_hat)
     x_hat = x_hat.reshape(rows, cols, block, block, 3).transpose(0, 2, 1, 3, 4)
     return _to_uint8(x_hat.reshape(rows * block, cols * block, 3)[:height, :width])
 

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny generated images and files encoded once per session.
 
 The model pads every tile to a multiple of 64 pixels, so images here stay at or below
-a few tiles of 64x64; TensorFlow is warmed up once by the first session fixture that
+a few tiles of 64x64; the runtime is warmed up once by the first session fixture that
 encodes.
 """
 

@@ -1,7 +1,7 @@
 """Bit-exact decoding across processes and thread settings, and the integer h_s.
 
 The coder's table choices come from the fixed-point h_s, so the symbols a decoder reads must
-equal what the encoder wrote whatever TensorFlow's threading or oneDNN settings are.
+equal what the encoder wrote whatever the runtime's threading settings are.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pillow_kae.zoo import card
 from pillow_kae.zoo.weights import load_arrays
 
 QUALITY = 60
-TF_KNOBS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS")
+RUNTIME_KNOBS = ("KAE_NUM_THREADS",)
 BLAS_KNOBS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 WORKER = textwrap.dedent(
@@ -140,11 +140,9 @@ WORKER = textwrap.dedent(
 
 
 def _env(settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in TF_KNOBS + BLAS_KNOBS}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env = {k: v for k, v in os.environ.items() if k not in RUNTIME_KNOBS + BLAS_KNOBS}
     if settings == "A":
-        env.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-        env.update(TF_ENABLE_ONEDNN_OPTS="0")
+        env.update(KAE_NUM_THREADS="1")
     elif settings == "blas1":
         env.update(dict.fromkeys(BLAS_KNOBS, "1"))
     return env

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 STATM = Path("/proc/self/statm")
-WARM_UP = 20  # TensorFlow's and the model's one-time allocations happen in these
+WARM_UP = 20  # the runtime's and the model's one-time allocations happen in these
 CYCLES = 300
 LIMIT_MB = 50
 

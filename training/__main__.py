@@ -1,4 +1,4 @@
-"""python -m training {train,export} ..."""
+"""python -m training {train,export,describe} ..."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--max-images", type=int, default=None)
     export.add_argument("--data-note", default=None, help="describe the training data")
 
+    describe = sub.add_parser(
+        "describe", help="write the inference graph into installed model cards (weights untouched)"
+    )
+    describe.add_argument("names", nargs="+")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout
@@ -90,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             arch=arch,
         )
         train(config)
+    elif args.command == "describe":
+        from training.export import describe_installed
+
+        for name in args.names:
+            logging.getLogger("training").info("wrote %s", describe_installed(name))
     else:
         from training.export import export
 

@@ -19,6 +19,7 @@ from pillow_kae import models
 from pillow_kae.entropy_models.fixed_point import log_scale_thresholds_fixed
 from pillow_kae.entropy_models.gaussian_conditional import log_scale_thresholds, scale_table
 from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
+from pillow_kae.runtime import graph
 from pillow_kae.zoo import WEIGHTS_DIR, ModelCard, installed
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import assign_weights, load_arrays, weights_to_arrays
@@ -56,6 +57,22 @@ def training_record(state: dict, data_note: str | None = None) -> dict:
     return record
 
 
+def describe_installed(name: str) -> Path:
+    """(Re)write the inference graph into an installed card, from the Keras model.
+
+    The weights file is untouched (files name it by its hash), so a card written before the
+    runtime existed gains its graph without a new export.
+    """
+    model_card = installed()[name]
+    model = models.build(model_card.kind, model_card.arch)
+    assign_weights(model, load_arrays(model_card.path))
+    description = graph.describe(model, model_card.kind)
+    model_card = ModelCard(**{**model_card.__dict__, "graph": description})
+    model_card.path.with_suffix(".json").write_text(model_card.to_json())
+    installed.cache_clear()
+    return model_card.path.with_suffix(".json")
+
+
 def export(
     run: str | Path,
     name: str,
@@ -91,6 +108,7 @@ def export(
         lmbda=float(config["lmbda"]),
         kind=kind,
         training=training_record(state, data_note),
+        graph=graph.describe(model, kind),
     )
     card_path = WEIGHTS_DIR / f"{name}.json"
     card_path.write_text(card.to_json())

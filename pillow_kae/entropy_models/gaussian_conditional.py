@@ -3,6 +3,9 @@
 y - mu is modelled as a zero-mean Gaussian convolved with a unit box. Scales live on a fixed
 log-spaced table (as in CompressAI): the coder only ever sees a table index, which the
 fixed-point hyper-decoder derives with integer comparisons.
+
+The table constants are what the runtime needs; the likelihoods are for training and import
+Keras when called, so that coding an image never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from keras import ops
 
 SCALE_MIN = 0.11
 SCALE_MAX = 256.0
@@ -33,15 +35,21 @@ def log_scale_thresholds() -> np.ndarray:
 
 def scales_from_log(log_scales: object) -> object:
     """Training-time scales from the hyper-decoder's log-scale output, clipped to the table."""
+    from keras import ops
+
     return ops.exp(ops.clip(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX))
 
 
 def _standard_cdf(v: object) -> object:
+    from keras import ops
+
     return 0.5 * (1.0 + ops.erf(v * (1.0 / math.sqrt(2.0))))
 
 
 def gaussian_likelihood(residual: object, scales: object) -> object:
     """P(residual) under N(0, scale) convolved with U(-1/2, 1/2), bounded below."""
+    from keras import ops
+
     values = ops.abs(residual)
     upper = _standard_cdf((0.5 - values) / scales)
     lower = _standard_cdf((-0.5 - values) / scales)

@@ -10,10 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-# Non-negative reparametrization (as in tensorflow-compression / CompressAI): parameters are
-# stored as sqrt(value + pedestal) and bounded below, which keeps gradients alive near zero.
-_REPARAM_OFFSET = 2.0**-18
-_PEDESTAL = _REPARAM_OFFSET**2
+from pillow_kae.ops.parametrizers import PEDESTAL, gdn_beta, gdn_gamma
 
 
 @keras.saving.register_keras_serializable(package="pillow_kae")
@@ -30,24 +27,23 @@ class GDN(keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = int(input_shape[-1])
-        self._beta_bound = (self.beta_min + _PEDESTAL) ** 0.5
         self.beta = self.add_weight(
             name="beta",
             shape=(channels,),
-            initializer=keras.initializers.Constant((1.0 + _PEDESTAL) ** 0.5),
+            initializer=keras.initializers.Constant((1.0 + PEDESTAL) ** 0.5),
         )
 
         def gamma_initializer(shape: tuple[int, int], dtype: str | None = None) -> object:
             eye = ops.eye(shape[0], dtype=dtype)
-            return ops.sqrt(self.gamma_init * eye + _PEDESTAL)
+            return ops.sqrt(self.gamma_init * eye + PEDESTAL)
 
         self.gamma = self.add_weight(
             name="gamma", shape=(channels, channels), initializer=gamma_initializer
         )
 
     def call(self, x: object) -> object:
-        beta = ops.square(ops.maximum(self.beta, self._beta_bound)) - _PEDESTAL
-        gamma = ops.square(ops.maximum(self.gamma, _REPARAM_OFFSET)) - _PEDESTAL
+        beta = gdn_beta(self.beta, self.beta_min, ops)
+        gamma = gdn_gamma(self.gamma, ops)
         norm = ops.matmul(ops.square(x), gamma) + beta
         if self.inverse:
             return x * ops.sqrt(norm)

@@ -1,7 +1,8 @@
 """The registry of shipped models: model cards (JSON) beside weights (.npz) in ``weights/``.
 
 Reading the registry never imports TensorFlow: ``Image.open``, ``kae info`` and
-``kae models`` only need the cards. ``load`` builds the Keras model when pixels are needed.
+``kae models`` only need the cards. ``load`` builds the inference graphs (ONNX Runtime)
+when pixels are needed; only training builds the Keras models.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ModelCard:
     kind: str = "mean-scale-hyperprior"
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
+    graph: dict = field(default_factory=dict)  # transform -> layer list (runtime.graph)
 
     @property
     def path(self) -> Path:

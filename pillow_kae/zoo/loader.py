@@ -1,7 +1,7 @@
-"""A shipped model ready to code: Keras transforms, fixed-point h_s and coding tables.
+"""A shipped model ready to code: inference transforms, fixed-point h_s and coding tables.
 
-This is the only module of the runtime that imports Keras (hence TensorFlow), and only when
-a model is first used for pixels.
+The transforms run as ONNX graphs built from the card and the weights (``runtime``); the
+Keras model (hence TensorFlow) is built only when asked for, by training and the tests.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import numpy as np
 from pillow_kae.entropy_models.coder import TableCoder
 from pillow_kae.entropy_models.fixed_point import FixedPointHyperSynthesis
 from pillow_kae.entropy_models.tables import PmfTables
+from pillow_kae.runtime import graph
+from pillow_kae.runtime.session import Transform
 from pillow_kae.zoo import ModelCard, card
 from pillow_kae.zoo.weights import load_arrays
 
@@ -35,8 +37,8 @@ T = TypeVar("T")
 class CodecModel:
     """Everything needed to encode and decode tiles with one model.
 
-    The parts are built on first use (the Keras model imports TensorFlow), each exactly once
-    even when threads share the model: Python 3.12's ``cached_property`` no longer locks.
+    The parts are built on first use, each exactly once even when threads share the model:
+    Python 3.12's ``cached_property`` no longer locks.
     """
 
     card: ModelCard
@@ -58,8 +60,23 @@ class CodecModel:
     def kind(self) -> str:
         return self.card.kind
 
+    def transform(self, name: str) -> Transform:
+        """A pixel-side transform (``g_a``, ``h_a``, ``g_s``; seed-dense: ``encoder``,
+        ``decoder``) on channels-last float32 arrays, as the Keras model computes it."""
+        return self._part(f"transform/{name}", lambda: self._build_transform(name))
+
+    def _build_transform(self, name: str) -> Transform:
+        layers = self.card.graph.get(name)
+        if not layers:
+            raise OSError(
+                f"the card of KAE model {self.name!r} has no inference graph for {name!r}; "
+                "write it with `python -m training describe`"
+            )
+        return Transform(graph.build(layers, self.arrays, name), f"{self.name}/{name}")
+
     @property
     def keras_model(self) -> object:
+        """The Keras model (imports TensorFlow): for training, export and the tests."""
         return self._part("keras_model", self._build_keras_model)
 
     def _build_keras_model(self) -> object:

@@ -1,0 +1,1 @@
+"""Array functions shared by the Keras layers (training) and the inference runtime."""

@@ -1,0 +1,135 @@
+"""The inference runtime (ONNX graphs) against the Keras models it is built from.
+
+Tolerance: every transform of every shipped model agrees with Keras to 1e-4 absolute on
+its outputs (float32 summation order is all that differs), so decoded pixels differ by at
+most one level from what the Keras transforms would give.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_kae import codec, models
+from pillow_kae.runtime import graph
+from pillow_kae.runtime.session import Transform
+from pillow_kae.zoo import installed, loader
+from pillow_kae.zoo.weights import weights_to_arrays
+from tests.conftest import SAMPLES, decode, encode
+
+TOLERANCE = 1e-4
+keras = pytest.importorskip("keras")
+
+
+def _keras(model: object, transform: str, x: np.ndarray) -> np.ndarray:
+    return keras.ops.convert_to_numpy(getattr(model, transform)(x, training=False))
+
+
+def _inputs(coder: loader.CodecModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs in each transform's working range: pixels, and latents of the model itself."""
+    if coder.kind == "seed-dense":
+        blocks = rng.random((3, 48, 48, 3), dtype=np.float32)
+        return {"encoder": blocks, "decoder": np.rint(coder.transform("encoder")(blocks))}
+    pixels = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[:128, :192]
+    x = pixels[None].astype(np.float32) / 255.0
+    y = coder.transform("g_a")(x)
+    return {"g_a": x, "h_a": y, "g_s": np.rint(y)}
+
+
+@pytest.mark.parametrize("name", sorted(installed()))
+def test_shipped_transforms_match_keras(name: str) -> None:
+    coder = loader.load(name)
+    rng = np.random.default_rng(0)
+    for transform, x in _inputs(coder, rng).items():
+        expected = _keras(coder.keras_model, transform, x)
+        got = coder.transform(transform)(x)
+        assert got.shape == expected.shape, transform
+        assert np.abs(got - expected).max() <= TOLERANCE, (name, transform)
+
+
+def test_decoded_pixels_match_keras_synthesis() -> None:
+    """A whole decode through the runtime equals g_s in Keras on the same latents, ±1 level."""
+    coder = loader.load("kae-mid")
+    pixels = np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[:100, :150]
+    y_hat = np.rint(codec.analysis_grid(coder, pixels))
+    runtime = codec.synthesis(coder, y_hat, 150, 100)
+    top, left = codec._centre_offsets(100, 150, coder.pad_multiple)
+    x_hat = _keras(coder.keras_model, "g_s", y_hat[None])[0, top : top + 100, left : left + 150]
+    expected = np.clip(np.rint(x_hat * 255.0), 0, 255)
+    assert np.abs(runtime.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["mean-scale-hyperprior", "seed-dense"])
+def test_graph_of_a_tiny_model_matches_keras(kind: str) -> None:
+    """The builder follows the layer list, not the shipped sizes: a tiny random model agrees."""
+    arch = (
+        {"channels": 8, "latent_channels": 12, "hyper_channels": 6}
+        if kind == "mean-scale-hyperprior"
+        else {"hidden": 16, "bottleneck": 10}
+    )
+    model = models.build(kind, arch)
+    arrays = weights_to_arrays(model, compact=False)
+    rng = np.random.default_rng(1)
+    description = graph.describe(model, kind)
+    for transform, layers in description.items():
+        shape = {
+            "g_a": (2, 64, 128, 3),
+            "h_a": (2, 4, 8, 12),
+            "g_s": (2, 4, 8, 12),
+            "encoder": (2, 48, 48, 3),
+            "decoder": (2, 10),
+        }[transform]
+        x = rng.random(shape, dtype=np.float32)
+        session = Transform(graph.build(layers, arrays, transform), transform)
+        expected = _keras(model, transform, x)
+        assert np.abs(session(x) - expected).max() <= TOLERANCE, transform
+
+
+def test_describe_refuses_what_the_runtime_cannot_build() -> None:
+    model = keras.Sequential([keras.layers.Conv2D(4, 3, padding="valid", name="c")])
+    model.build((None, 8, 8, 3))
+    holder = type("Holder", (), {"encoder": model, "decoder": model})()
+    with pytest.raises(ValueError, match="'same' padding"):
+        graph.describe(holder, "seed-dense")
+    with pytest.raises(ValueError, match="unknown layer op"):
+        graph.build([{"op": "lstm", "name": "x"}], {}, "g_s")
+
+
+def test_card_without_graph_is_a_clear_error() -> None:
+    coder = loader.load("kae-mid")
+    bare = loader.CodecModel(replace(coder.card, graph={}), coder.arrays)
+    with pytest.raises(OSError, match="no inference graph"):
+        bare.transform("g_s")
+
+
+def test_decoding_never_imports_tensorflow(tmp_path) -> None:
+    """Open, load and save: the whole codec runs without Keras or TensorFlow."""
+    path = tmp_path / "x.kae"
+    image = Image.open(SAMPLES / "chelsea.png").convert("RGB").crop((0, 0, 80, 64))
+    path.write_bytes(encode(image))
+    code = f"""
+        import io, sys
+        import pillow_kae
+        from PIL import Image
+        im = Image.open({str(path)!r})
+        im.load()
+        im.save(io.BytesIO(), "KAE", quality=30)
+        heavy = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        assert not heavy, heavy
+        """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "a successful decode and encode print nothing"
+    assert decode(path.read_bytes()).size == (80, 64)
