@@ -4,6 +4,9 @@ Subcommands::
 
     kae encode IN OUT [-q Q] [--model M]   any image Pillow reads -> KAE
     kae decode IN OUT                      KAE -> the format OUT's extension names
+    kae encode IN... -o OUTDIR [--jobs N] [--force]
+    kae decode IN... -o OUTDIR [--format png] [--jobs N] [--force]
+                                           files and folders (recursive), N processes
     kae info FILE [FILE ...] [--json]      header fields, size and bpp (no TensorFlow)
     kae models                             installed models and the quality ladder
     kae surprise FILE... [--model M]       bits per pixel each image costs (low = familiar)
@@ -19,20 +22,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from pillow_kae import __version__, container
+from pillow_kae import __version__, convert
 from pillow_kae import zoo as model_zoo
-from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY, FORMAT
+from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY
 from pillow_kae.zoo import quality as quality_ladder
 
 # Named explicitly: under ``python -m pillow_kae.cli`` __name__ is "__main__".
@@ -40,18 +41,9 @@ log = logging.getLogger("pillow_kae.cli")
 
 PROG = "kae"
 
-# Metadata passed on to the decoded file, for the output formats whose Pillow writer
-# takes it as a save option. Other formats get only what their writer picks up itself.
-_METADATA_FORMATS: dict[str, frozenset[str]] = {
-    "icc_profile": frozenset({"PNG", "JPEG", "WEBP", "TIFF"}),
-    "exif": frozenset({"PNG", "JPEG", "WEBP", "TIFF"}),
-    "xmp": frozenset({"JPEG", "WEBP"}),
-}
-_METADATA_KEYS = ("exif", "icc_profile", "xmp")
-
 # What a bad input file can raise; anything else is a bug and keeps its traceback. Bad
 # options (ValueError from the library) become a CliError where they are checked.
-_INPUT_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
+_INPUT_ERRORS = convert.INPUT_ERRORS
 
 
 class CliError(Exception):
@@ -71,35 +63,6 @@ def _describe(err: BaseException) -> str:
     return " ".join(message.split())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, so a failure leaves no partial file."""
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _read_kae_header(path: Path) -> tuple[container.Header, dict[str, bytes], int]:
-    """Header, metadata and file size of a ``.kae`` file, with a readable error."""
-    with open(path, "rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
-        try:
-            header, metadata = container.read_header(fp)
-        except container.KaeFormatError as err:
-            raise CliError(f"{path}: not a valid KAE file: {err}") from err
-    return header, metadata, size
-
-
 def _choose(quality: int, model: str | None) -> tuple[str, int]:
     """The rate point for the options; a bad quality or model is the user's error."""
     try:
@@ -108,80 +71,85 @@ def _choose(quality: int, model: str | None) -> tuple[str, int]:
         raise CliError(str(err)) from err
 
 
-def _open_image(path: Path) -> Image.Image:
-    """Open and load an input image; whatever Pillow refuses in it is an input error."""
-    im = Image.open(path)
-    try:
-        im.load()
-    except ValueError as err:  # some of Pillow's readers refuse broken files this way
-        im.close()
-        raise CliError(f"{path}: cannot read image: {err}") from err
-    except BaseException:
-        im.close()
-        raise
-    return im
-
-
-def _output_format(path: Path) -> str:
-    """The Pillow format that ``path``'s extension names, if Pillow can write it."""
-    ext = path.suffix.lower()
-    if not ext:
-        raise CliError(f"{path}: no file extension to choose the output format from")
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None:
-        raise CliError(f"{path}: unknown output file extension {ext!r}")
-    if fmt not in Image.SAVE:
-        raise CliError(f"{path}: Pillow cannot write {fmt} files")
-    return fmt
-
-
 # --------------------------------------------------------------------------
 # encode / decode
 
 
+def _single(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """(IN, OUT) of the one-file form, or None for the folder form (``-o OUTDIR``)."""
+    if args.output_dir is not None:
+        return None
+    if len(args.inputs) != 2:
+        raise CliError(
+            f"{args.command} takes IN OUT, or IN... -o OUTDIR to convert several files and folders"
+        )
+    return Path(args.inputs[0]), Path(args.inputs[1])
+
+
+def _wants(value: object, default: object, name: str) -> None:
+    if value != default:
+        raise CliError(f"{name} applies only with -o OUTDIR")
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
-    src, dst = Path(args.input), Path(args.output)
     # Check the options before touching any file: a bad quality or model writes nothing.
     model_name, gain_step = _choose(args.quality, args.model)
     log.info("quality %d -> model %s, gain step %d", args.quality, model_name, gain_step)
-    with _open_image(src) as im:
-        log.info("read %s: %s %dx%d %s", src, im.format, im.width, im.height, im.mode)
-        buffer = io.BytesIO()
-        options = {"quality": args.quality}
-        if args.model is not None:
-            options["model"] = args.model
-        im.save(buffer, format=FORMAT, **options)
-        pixels = im.width * im.height
-    data = buffer.getvalue()
-    _write_atomic(dst, data)
-    log.info("wrote %s: %d bytes, %.4f bpp", dst, len(data), 8 * len(data) / pixels)
+    single = _single(args)
+    if single is None:
+        return _convert_many(
+            args, convert.encoder(args.quality, args.model), convert.KAE_SUFFIX, convert.is_image
+        )
+    _wants(args.jobs, None, "--jobs")
+    convert.encode_file(*single, quality=args.quality, model=args.model)
     return 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    src, dst = Path(args.input), Path(args.output)
-    fmt = _output_format(dst)
-    _read_kae_header(src)  # a clear message for a broken header, before Pillow's generic one
-    with Image.open(src, formats=[FORMAT]) as im:
-        im.load()
-        options = {}
-        for key in _METADATA_KEYS:
-            value = im.info.get(key)
-            if value and fmt in _METADATA_FORMATS[key]:
-                options[key] = value
-        log.info(
-            "decoded %s: %dx%d %s; writing %s%s",
-            src,
-            im.width,
-            im.height,
-            im.mode,
-            fmt,
-            f" with {', '.join(options)}" if options else "",
-        )
-        buffer = io.BytesIO()
-        im.save(buffer, format=fmt, **options)
-    _write_atomic(dst, buffer.getvalue())
+    single = _single(args)
+    if single is None:
+        try:
+            suffix = convert.format_extension(args.format or "PNG")
+        except ValueError as err:
+            raise CliError(str(err)) from err
+        work = convert.decoder(args.format or "PNG")
+        return _convert_many(args, work, suffix, convert.is_kae)
+    _wants(args.jobs, None, "--jobs")
+    src, dst = single
+    try:
+        fmt = args.format.upper() if args.format else convert.output_format(dst)
+        if fmt not in Image.SAVE:
+            raise ValueError(f"Pillow cannot write {fmt!r} files")
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    convert.decode_file(src, dst, fmt)
     return 0
+
+
+def _convert_many(
+    args: argparse.Namespace,
+    work: Callable[[Path, Path], int],
+    suffix: str,
+    wanted: Callable[[Path], bool],
+) -> int:
+    """The folder form: plan, convert with a progress bar, summary, failures on stderr."""
+    from tqdm import tqdm
+
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"{out_dir}: exists and is not a folder")
+    jobs, refused = convert.plan([Path(p) for p in args.inputs], out_dir, suffix, wanted)
+    if not jobs and not refused:
+        raise CliError("no input files found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = args.jobs or os.cpu_count() or 1
+    with tqdm(total=len(jobs), unit="file", disable=not sys.stderr.isatty()) as bar:
+        summary = convert.convert(jobs, work, workers, args.force, progress=bar.update)
+    summary.failures = sorted(summary.failures + refused)
+    for _, message in summary.failures:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(summary.line("encoded" if args.command == "encode" else "decoded"))
+    return 1 if summary.failures else 0
 
 
 # --------------------------------------------------------------------------
@@ -189,7 +157,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _file_info(path: Path) -> dict:
-    header, metadata, size = _read_kae_header(path)
+    header, metadata, size = convert.read_kae_header(path)
     card = model_zoo.installed().get(header.model_name)
     pixels = header.width * header.height
     columns, rows = header.tile_grid
@@ -211,7 +179,7 @@ def _file_info(path: Path) -> dict:
         "hyper_channels": header.hyper_channels,
         "bytes": size,
         "bpp": 8 * size / pixels,
-        "metadata": {key: len(metadata[key]) for key in _METADATA_KEYS if key in metadata},
+        "metadata": {key: len(metadata[key]) for key in convert.METADATA_KEYS if key in metadata},
     }
 
 
@@ -329,7 +297,7 @@ def cmd_surprise(args: argparse.Namespace) -> int:
     show = len(args.files) > 1 and sys.stderr.isatty()
     for name in tqdm(args.files, desc="surprise", disable=not show):
         try:
-            with _open_image(Path(name)) as im:
+            with convert.open_image(Path(name)) as im:
                 score = surprise(im, model=args.model, quality=args.quality)
         except (CliError, *_INPUT_ERRORS) as err:
             _report(err if isinstance(err, CliError) else CliError(f"{name}: {_describe(err)}"))
@@ -361,10 +329,6 @@ def _positive(text: str) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        import tqdm  # noqa: F401  (the progress bar; in the bench extra)
-    except ImportError:
-        raise CliError("kae bench needs tqdm: pip install 'pillow-kae[bench]'") from None
     from pillow_kae.bench import codecs as bench_codecs
     from pillow_kae.bench import runner
     from pillow_kae.bench.report import summary_markdown
@@ -416,9 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("encode", parents=[common], help="encode an image as KAE")
-    p.add_argument("input", metavar="IN", help="any image Pillow can read")
-    p.add_argument("output", metavar="OUT", help="the .kae file to write")
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument(
+        "-o", "--output-dir", metavar="OUTDIR", help="convert every IN (files, folders) into here"
+    )
+    batch.add_argument(
+        "-j", "--jobs", type=_positive, default=None, help="worker processes (default: the cores)"
+    )
+    batch.add_argument("--force", action="store_true", help="overwrite outputs that exist")
+
+    p = sub.add_parser(
+        "encode",
+        parents=[common, batch],
+        help="encode images as KAE",
+        usage="%(prog)s [-q Q] [--model M] IN OUT\n"
+        "       %(prog)s [-q Q] [--model M] IN... -o OUTDIR [--jobs N] [--force]",
+    )
+    p.add_argument(
+        "inputs", metavar="IN", nargs="+", help="images Pillow can read (or folders, with -o)"
+    )
     p.add_argument(
         "-q",
         "--quality",
@@ -429,9 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="use this installed model (see 'kae models')")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", parents=[common], help="decode a KAE file")
-    p.add_argument("input", metavar="IN", help="a .kae file")
-    p.add_argument("output", metavar="OUT", help="output image; its extension picks the format")
+    p = sub.add_parser(
+        "decode",
+        parents=[common, batch],
+        help="decode KAE files",
+        usage="%(prog)s IN OUT\n"
+        "       %(prog)s IN... -o OUTDIR [--format png] [--jobs N] [--force]",
+    )
+    p.add_argument("inputs", metavar="IN", nargs="+", help=".kae files (or folders, with -o)")
+    p.add_argument(
+        "--format", help="output format with -o (default png); else OUT's extension picks it"
+    )
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("info", parents=[common], help="show the header of KAE files")
