@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test lint format bench bench-rd clean distclean
+.PHONY: all venv demo test lint format bench bench-rd bench-speed clean distclean
 
 all: test
 
@@ -44,6 +44,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-rd: $(BENCH_STAMP)
 	$(PY) -m benchmarks.rd $(ARGS)
+
+# Speed and memory against Pillow's JPEG, WebP and AVIF (out/speed/speed.md).
+bench-speed: $(STAMP)
+	$(PY) -m benchmarks.speed $(ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache .ruff_cache

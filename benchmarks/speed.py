@@ -1,110 +1,268 @@
-"""Encode/decode time and peak memory on a large image (tiling keeps memory bounded).
+"""Speed and memory of .kae against Pillow's JPEG, WebP and AVIF, measured in the same run.
 
-    python -m benchmarks.speed [--size 4096x3072] [--quality 75]
+    python -m benchmarks.speed [--images N] [--repeat 5] [--size 6144x4096] [--skip-large]
+    make bench-speed
 
-Runs each step in a fresh subprocess so that the peak RSS it reports is that step's own.
-The test image is a Kodak photo tiled up to the requested size (or a synthetic one).
+Three parts, all through the public API (``Image.save`` / ``Image.open``), each codec with
+the settings ``kae bench`` uses (JPEG 4:2:0 optimized, WebP method 6, AVIF speed 6), at
+quality 75:
+
+1. warm, in this process: median encode and decode time per image over ``--repeat`` runs
+   after an untimed warm-up, and megapixels per second;
+2. cold: a fresh Python process that opens and loads one file (interpreter start, imports
+   and model build included), and ``kae decode x.kae x.png`` as a user runs it;
+3. large: a ``--size`` photo (Kodak images tiled) encoded and decoded, each in a fresh
+   process, wall time with process start and peak RSS of that process.
+
+Writes ``out/speed/speed.json`` and ``speed.md``. Ratios against the other codecs are what
+carries over between machines: the absolute times depend on the CPU and its load.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
+import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-# One step in a fresh process. A tiny image goes through the codec first, so TensorFlow's
-# import and the model build are timed apart ("startup") from the step itself.
+from PIL import Image
+
+import pillow_kae  # noqa: F401  (registers the plugin)
+from pillow_kae.bench.codecs import registry
+
+log = logging.getLogger("benchmarks.speed")
+
+CODECS = ("kae", "jpeg", "webp", "avif")
+QUALITY = 75
+KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
+
+# One step in a fresh process: prints seconds of the step and the process's peak RSS.
 STEP = r"""
-import io, json, resource, sys, time
+import json, sys, time
+start = time.perf_counter()
 from PIL import Image
 import pillow_kae
 Image.MAX_IMAGE_PIXELS = None
-step, src, dst, quality = sys.argv[1:5]
-start = time.perf_counter()
-warm = io.BytesIO()
-Image.new("RGB", (64, 64), "gray").save(warm, "KAE", quality=int(quality))
-warm.seek(0)
-Image.open(warm).load()
-startup = time.perf_counter() - start
-if step == "encode":
-    with Image.open(src) as im:
-        im.load()
-        start = time.perf_counter()
-        im.save(dst, "KAE", quality=int(quality))
-else:
-    start = time.perf_counter()
-    with Image.open(src) as im:
-        im.load()
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "startup_seconds": startup, "peak_rss_mb": peak}))
+step, src, dst, fmt = sys.argv[1:5]
+options = json.loads(sys.argv[5])
+with Image.open(src) as im:
+    im.load()
+    if step == "encode":
+        begin = time.perf_counter()
+        im.save(dst, fmt, **options)
+        seconds = time.perf_counter() - begin
+    else:
+        seconds = time.perf_counter() - start
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+print(json.dumps({"seconds": seconds, "peak_rss_mib": peak}))
 """
 
 
-def make_image(width: int, height: int, path: Path) -> str:
-    from PIL import Image
-
-    from benchmarks.rd import KODAK
-
-    sources = sorted(KODAK.glob("*.png")) if KODAK.is_dir() else []
-    canvas = Image.new("RGB", (width, height))
-    if sources:
-        tiles = [Image.open(p).convert("RGB") for p in sources[:8]]
-        i = 0
-        for top in range(0, height, 512):
-            for left in range(0, width, 768):
-                canvas.paste(tiles[i % len(tiles)], (left, top))
-                i += 1
-        what = f"Kodak images tiled to {width}x{height}"
-    else:
-        import numpy as np
-
-        y, x = np.mgrid[0:height, 0:width]
-        rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1)
-        canvas = Image.fromarray(rgb.astype(np.uint8), "RGB")
-        what = f"synthetic gradient {width}x{height}"
-    canvas.save(path)
-    return what
+def _settings(name: str) -> tuple[str, dict[str, object]]:
+    codec = registry()[name]
+    return codec.fmt, {"quality": QUALITY, **codec.options}
 
 
-def run(step: str, src: Path, dst: Path, quality: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", STEP, step, str(src), str(dst), str(quality)],
+def _median_seconds(fn: object, repeat: int) -> float:
+    fn()  # warm-up: model build, caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def warm(images: list[Path], codecs: list[str], repeat: int) -> list[dict]:
+    """Median warm encode/decode seconds per image and codec."""
+    rows = []
+    for path in images:
+        image = Image.open(path).convert("RGB")
+        megapixels = image.width * image.height / 1e6
+        for name in codecs:
+            fmt, options = _settings(name)
+            buffer = io.BytesIO()
+            image.save(buffer, fmt, **options)
+            data = buffer.getvalue()
+
+            def encode(image: Image.Image = image, fmt: str = fmt, options: dict = options) -> None:
+                image.save(io.BytesIO(), fmt, **options)
+
+            def decode(data: bytes = data) -> None:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+
+            enc, dec = _median_seconds(encode, repeat), _median_seconds(decode, repeat)
+            rows.append(
+                {
+                    "image": path.name,
+                    "codec": name,
+                    "megapixels": megapixels,
+                    "bpp": 8 * len(data) / (megapixels * 1e6),
+                    "encode_ms": 1e3 * enc,
+                    "decode_ms": 1e3 * dec,
+                    "encode_mp_s": megapixels / enc,
+                    "decode_mp_s": megapixels / dec,
+                }
+            )
+            log.info("%s %s: encode %.0f ms, decode %.0f ms", path.name, name, 1e3 * enc, 1e3 * dec)
+    return rows
+
+
+def _wall(argv: list[str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cold(image: Path, tmp: Path, repeat: int) -> dict[str, float]:
+    """Fresh-process open + load of one file per format, and ``kae decode`` (median)."""
+    rgb = Image.open(image).convert("RGB")
+    out: dict[str, float] = {}
+    for name, suffix in (("kae", ".kae"), ("png", ".png"), ("avif", ".avif")):
+        path = tmp / f"cold{suffix}"
+        if name == "png":
+            rgb.save(path)
+        else:
+            fmt, options = _settings(name)
+            rgb.save(path, fmt, **options)
+        code = f"from PIL import Image; import pillow_kae; Image.open({str(path)!r}).load()"
+        out[f"open_load_{name}_s"] = _wall([sys.executable, "-c", code], repeat)
+    cli = [sys.executable, "-m", "pillow_kae.cli", "decode", str(tmp / "cold.kae")]
+    out["kae_decode_cli_s"] = _wall([*cli, str(tmp / "cold_out.png")], repeat)
+    return out
+
+
+def _fresh(step: str, src: Path, dst: Path, name: str) -> dict[str, float]:
+    fmt, options = _settings(name)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", STEP, step, str(src), str(dst), fmt, json.dumps(options)],
         check=True,
         capture_output=True,
         text=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    step_result = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"wall_s": time.perf_counter() - start, **step_result}
+
+
+def make_large(width: int, height: int, path: Path) -> str:
+    """A photo-like test image: Kodak images (or the samples) tiled to the size."""
+    sources = sorted(KODAK.glob("*.png")) if KODAK.is_dir() else sorted(SAMPLES.glob("*.png"))
+    tiles = [Image.open(p).convert("RGB") for p in sources[:8]]
+    canvas = Image.new("RGB", (width, height))
+    i, top = 0, 0
+    while top < height:
+        left, row_height = 0, 0
+        while left < width:
+            canvas.paste(tiles[i % len(tiles)], (left, top))
+            left += tiles[i % len(tiles)].width
+            row_height = max(row_height, tiles[i % len(tiles)].height)
+            i += 1
+        top += row_height
+    canvas.save(path)
+    return f"{len(tiles)} images of {sources[0].parent} tiled to {width}x{height}"
+
+
+def large(width: int, height: int, tmp: Path) -> dict:
+    """Each step in a fresh process: .kae and AVIF encode and decode of one big photo."""
+    src = tmp / "large.png"
+    what = make_large(width, height, src)
+    rows = {}
+    for name in ("kae", "avif"):
+        coded = tmp / f"large.{name}"
+        rows[f"{name}_encode"] = _fresh("encode", src, coded, name)
+        rows[f"{name}_decode"] = _fresh("decode", coded, coded, name)
+        rows[f"{name}_decode"]["bpp"] = 8 * coded.stat().st_size / (width * height)
+        log.info("large %s: %s", name, rows)
+    return {"image": what, "megapixels": width * height / 1e6, "steps": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Machine: {result['machine']}; quality {QUALITY}; times are medians.",
+        "",
+        "| image | codec | bpp | encode ms | decode ms | encode MP/s | decode MP/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["warm"]:
+        lines.append(
+            f"| {r['image']} | {r['codec']} | {r['bpp']:.3f} | {r['encode_ms']:.0f} | "
+            f"{r['decode_ms']:.0f} | {r['encode_mp_s']:.2f} | {r['decode_mp_s']:.2f} |"
+        )
+    if result.get("cold"):
+        c = result["cold"]
+        lines += [
+            "",
+            "| fresh process | seconds |",
+            "|---|---:|",
+            f"| open + load a .kae | {c['open_load_kae_s']:.2f} |",
+            f"| open + load a PNG | {c['open_load_png_s']:.2f} |",
+            f"| open + load an AVIF | {c['open_load_avif_s']:.2f} |",
+            f"| `kae decode x.kae x.png` | {c['kae_decode_cli_s']:.2f} |",
+        ]
+    if result.get("large"):
+        big = result["large"]
+        lines += [
+            "",
+            f"{big['image']} ({big['megapixels']:.1f} MP), each step in a fresh process:",
+            "",
+            "| step | wall s (process start included) | peak RSS MiB |",
+            "|---|---:|---:|",
+        ]
+        for step, r in big["steps"].items():
+            lines.append(f"| {step} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default="4096x3072")
-    parser.add_argument("--quality", type=int, default=75)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3, help="Kodak images for the warm part")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--size", default="6144x4096", help="the large photo, WxH")
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--out", type=Path, default=Path("out/speed"))
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "big.png", Path(tmp) / "big.kae"
-        what = make_image(width, height, src)
-        encode = run("encode", src, dst, args.quality)
-        decode = run("decode", dst, dst, args.quality)
-        size = dst.stat().st_size
-    pixels = width * height
-    raw_mb = pixels * 3 / 2**20
-    print(
-        f"image: {what} ({pixels / 1e6:.1f} Mpixel, {raw_mb:.0f} MiB as RGB), "
-        f"quality {args.quality}"
-    )
-    print(f"file: {size} bytes, {8 * size / pixels:.3f} bpp")
-    for name, r in (("encode", encode), ("decode", decode)):
-        print(
-            f"{name}: {r['seconds']:.1f} s ({pixels / 1e6 / r['seconds']:.2f} Mpixel/s) after "
-            f"{r['startup_seconds']:.1f} s of start-up (imports, model build), "
-            f"peak RSS {r['peak_rss_mb']:.0f} MiB"
-        )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    folder = KODAK if KODAK.is_dir() else SAMPLES
+    images = sorted(folder.glob("*.png"))
+    step = max(len(images) // args.images, 1)
+    images = images[::step][: args.images]
+    print(f"images: {', '.join(p.name for p in images)} from {folder}")
+    result: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "images_from": str(folder),
+        "warm": warm(images, args.codecs.split(","), args.repeat),
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if not args.skip_cold:
+            result["cold"] = cold(images[-1], tmp, 3)
+        if not args.skip_large:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+            result["large"] = large(width, height, tmp)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (args.out / "speed.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

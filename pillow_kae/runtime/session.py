@@ -33,6 +33,7 @@ class Transform:
         options.intra_op_num_threads = threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: a successful decode prints nothing
+        options.enable_mem_pattern = False  # shapes vary per window: no plan to reuse
         self.name = name
         self._session = onnxruntime.InferenceSession(
             model, options, providers=["CPUExecutionProvider"]
