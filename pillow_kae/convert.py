@@ -161,6 +161,15 @@ class Job:
     dst: Path
 
 
+@dataclass(frozen=True)
+class Result:
+    """One job's outcome: bytes read and written, or the message of why it failed."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error: str | None = None
+
+
 @dataclass
 class Summary:
     """What a batch did: counts, bytes, time and every failure (path, message)."""
@@ -171,6 +180,14 @@ class Summary:
     bytes_out: int = 0
     seconds: float = 0.0
     failures: list[tuple[Path, str]] = field(default_factory=list)
+
+    def record(self, job: Job, result: Result) -> None:
+        if result.error is None:
+            self.converted += 1
+            self.bytes_in += result.bytes_in
+            self.bytes_out += result.bytes_out
+        else:
+            self.failures.append((job.src, result.error))
 
     def line(self, verb: str) -> str:
         ratio = f" ({self.bytes_out / self.bytes_in:.1%})" if self.bytes_in else ""
@@ -221,15 +238,20 @@ def is_kae(path: Path) -> bool:
     return path.suffix.lower() == KAE_SUFFIX
 
 
-def _run_job(work: Callable[[Path, Path], int], job: Job) -> tuple[int, int, str | None]:
-    """(bytes in, bytes out, error) for one job; input errors are results, not exceptions."""
+def run_job(work: Callable[[Path, Path], int], job: Job) -> Result:
+    """Run one job; input errors are results, not exceptions, so one file never stops a run."""
     try:
         size = job.src.stat().st_size
         job.dst.parent.mkdir(parents=True, exist_ok=True)
-        return size, work(job.src, job.dst), None
+        return Result(size, work(job.src, job.dst))
     except INPUT_ERRORS as err:
         message = str(err) if isinstance(err, ConversionError) else f"{job.src}: {_say(err)}"
-        return 0, 0, message
+        return Result(error=message)
+
+
+def pending(jobs: Sequence[Job], force: bool = False) -> list[Job]:
+    """The jobs still to do: all with ``force``, else those whose output does not exist."""
+    return [job for job in jobs if force or not job.dst.exists()]
 
 
 def _say(err: BaseException) -> str:
@@ -256,32 +278,25 @@ def convert(
     Each worker gets an equal share of the cores for the runtime's threads.
     """
     start = time.perf_counter()
-    summary = Summary()
-    todo = [job for job in jobs if force or not job.dst.exists()]
-    summary.skipped = len(jobs) - len(todo)
+    todo = pending(jobs, force)
+    summary = Summary(skipped=len(jobs) - len(todo))
     if progress and summary.skipped:
         progress(summary.skipped)
 
-    def record(job: Job, result: tuple[int, int, str | None]) -> None:
-        size_in, size_out, error = result
-        if error is None:
-            summary.converted += 1
-            summary.bytes_in += size_in
-            summary.bytes_out += size_out
-        else:
-            summary.failures.append((job.src, error))
+    def record(job: Job, result: Result) -> None:
+        summary.record(job, result)
         if progress:
             progress(1)
 
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
-            record(job, _run_job(work, job))
+            record(job, run_job(work, job))
     else:
         workers = min(workers, len(todo))
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = get_context("spawn")  # no fork of a parent that may hold runtime threads
         with ProcessPoolExecutor(workers, context, _worker_init, (threads,)) as pool:
-            futures = {pool.submit(_run_job, work, job): job for job in todo}
+            futures = {pool.submit(run_job, work, job): job for job in todo}
             try:
                 for future in as_completed(futures):
                     record(futures[future], future.result())
