@@ -1,8 +1,8 @@
 """pillow-kae: a learned lossy image codec inside Pillow.
 
 ``import pillow_kae`` registers the KAE format (``.kae``) with Pillow, and so with imageio's
-Pillow plugin. Opening a file reads only its header; TensorFlow is imported on the first
-``load()`` or ``save()``.
+Pillow plugin. Opening a file reads only its header; the inference runtime (ONNX Runtime,
+never TensorFlow) is loaded on the first ``load()`` or ``save()``.
 """
 
 from __future__ import annotations

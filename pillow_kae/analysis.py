@@ -23,12 +23,8 @@ def _rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def surprise(img: Image.Image, model: str | None = None, quality: int = DEFAULT_QUALITY) -> float:
-    """Bits per pixel the model's entropy coder needs for ``img`` (no file is written).
-
-    The figure is the size of the entropy-coded payloads, without container overhead or
-    alpha. A low score means the image is like what the model was trained on.
-    """
+def _coded_bits(rgb: np.ndarray, model: str | None, quality: int) -> int:
+    """Bits of the entropy-coded payloads of ``rgb`` (no container, no file)."""
     from pillow_kae import codec
     from pillow_kae.zoo import loader
 
@@ -36,10 +32,29 @@ def surprise(img: Image.Image, model: str | None = None, quality: int = DEFAULT_
     coder = loader.load(name)
     if coder.kind == "seed-dense":
         step = 0
+    return 8 * sum(len(payload) for payload in codec.encode_image(coder, rgb, step))
+
+
+def surprise(
+    img: Image.Image,
+    model: str | None = None,
+    quality: int = DEFAULT_QUALITY,
+    reference: str | None = None,
+) -> float:
+    """How unlike ``model``'s training data ``img`` is (lower = more familiar).
+
+    Without ``reference``: the bits per pixel ``model``'s entropy coder needs for ``img``
+    (payloads only, no file is written). With it: the bits ``model`` needs divided by the
+    bits ``reference`` needs at the same ``quality``. A single rate mostly measures how
+    complex the image is; the ratio of a domain model to a general one cancels that, so
+    ``surprise(img, model="kae-kittens", reference="kae-mid")`` asks "is this a kitten?".
+    """
     rgb = _rgb(img)
+    bits = _coded_bits(rgb, model, quality)
+    if reference is not None:
+        return bits / max(_coded_bits(rgb, reference, quality), 1)
     height, width = rgb.shape[:2]
-    total = sum(len(payload) for payload in codec.encode_image(coder, rgb, step))
-    return 8.0 * total / (width * height)
+    return bits / (width * height)
 
 
 def features(img: Image.Image, model: str | None = None) -> np.ndarray:

@@ -9,7 +9,9 @@ Subcommands::
                                            files and folders (recursive), N processes
     kae info FILE [FILE ...] [--json]      header fields, size and bpp (no TensorFlow)
     kae models                             installed models and the quality ladder
-    kae surprise FILE... [--model M]       bits per pixel each image costs (low = familiar)
+    kae surprise FILE... [--model M] [--reference R]
+                                           bits per pixel each image costs (low = familiar),
+                                           or M's bits over R's
     kae bench FOLDER [--codecs C,...] [--out DIR] [--limit N]
                                            rate-distortion against Pillow's other codecs
 
@@ -293,12 +295,16 @@ def cmd_surprise(args: argparse.Namespace) -> int:
     from pillow_kae.analysis import surprise
 
     _choose(args.quality, args.model)  # bad options fail before any work
+    if args.reference is not None:
+        _choose(args.quality, args.reference)
     failed = False
     show = len(args.files) > 1 and sys.stderr.isatty()
     for name in tqdm(args.files, desc="surprise", disable=not show):
         try:
             with convert.open_image(Path(name)) as im:
-                score = surprise(im, model=args.model, quality=args.quality)
+                score = surprise(
+                    im, model=args.model, quality=args.quality, reference=args.reference
+                )
         except (CliError, *_INPUT_ERRORS) as err:
             _report(err if isinstance(err, CliError) else CliError(f"{name}: {_describe(err)}"))
             failed = True
@@ -437,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", metavar="FILE", nargs="+", help="images Pillow can read")
     p.add_argument("--model", help="installed model to score with (see 'kae models')")
+    p.add_argument(
+        "--reference", help="print the model's bits over this model's bits instead of bpp"
+    )
     p.add_argument("-q", "--quality", type=_quality, default=DEFAULT_QUALITY)
     p.set_defaults(func=cmd_surprise)
 

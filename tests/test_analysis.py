@@ -64,6 +64,17 @@ def test_surprise_matches_the_coded_size(model):
     assert 0 < bits < file_bits < bits + 8 * 200  # the container adds a small header
 
 
+def test_surprise_with_a_reference_is_the_ratio_of_bits():
+    image = Image.fromarray(smooth_array(70, 40), "RGB")
+    low = pillow_kae.surprise(image, model="kae-low", quality=75)
+    mid = pillow_kae.surprise(image, model="kae-mid", quality=75)
+    ratio = pillow_kae.surprise(image, model="kae-low", quality=75, reference="kae-mid")
+    assert ratio == pytest.approx(low / mid, rel=1e-12)
+    assert pillow_kae.surprise(image, model="kae-mid", reference="kae-mid") == 1.0
+    with pytest.raises(ValueError, match="unknown KAE model"):
+        pillow_kae.surprise(image, reference="nope")
+
+
 def test_surprise_rejects_bad_input():
     with pytest.raises(TypeError):
         pillow_kae.surprise(np.zeros((4, 4, 3)))
@@ -104,3 +115,7 @@ def test_cli_surprise(tmp_path, capsys):
     assert name.strip() == str(path)
     assert cli.main(["surprise", str(tmp_path / "missing.png")]) == 1
     assert "kae: error:" in capsys.readouterr().err
+    argv = ["surprise", str(path), "--model", "kae-mid", "--reference", "kae-mid"]
+    assert cli.main(argv) == 0
+    assert float(capsys.readouterr().out.split("\t")[0]) == 1.0
+    assert cli.main(["surprise", str(path), "--reference", "nope"]) == 1
