@@ -39,10 +39,11 @@ from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
 MAX_TILE_SIZE = 4096  # a decoder refuses larger tiles: memory per tile stays bounded
-# Context around a tile, beyond the transforms' reach: g_a's four 5x5 stride-2 layers see
-# 30 pixels past a latent's 16, g_s's four 5x5 stride-2 transposed layers ~2 latents.
+# Context around a window, the transforms' reach: g_a's four 5x5 stride-2 layers see 15
+# pixels before a latent's 16 and 30 after; a pixel of g_s's four 5x5 stride-2 transposed
+# layers depends on latents from 2.8 before its own (so 2 whole latents) to under 1 after.
 ANALYSIS_MARGIN = 32  # pixels, a multiple of 16 so windows stay on the latent grid
-SYNTHESIS_MARGIN = 4  # latents
+SYNTHESIS_MARGIN = 2  # latents: the least that gives the pixels of one pass (tested)
 # The transforms run in windows of this many pixels (plus the margins): their activations,
 # not the image, bound the memory (a 1024 window made g_a peak near 1 GB on its own).
 TRANSFORM_WINDOW = 512
