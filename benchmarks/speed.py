@@ -193,12 +193,13 @@ def large(width: int, height: int, tmp: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [
-        f"Machine: {result['machine']}; quality {QUALITY}; times are medians.",
-        "",
-        "| image | codec | bpp | encode ms | decode ms | encode MP/s | decode MP/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"Machine: {result['machine']}; quality {QUALITY}; times are medians."]
+    if result["warm"]:
+        lines += [
+            "",
+            "| image | codec | bpp | encode ms | decode ms | encode MP/s | decode MP/s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
     for r in result["warm"]:
         lines.append(
             f"| {r['image']} | {r['codec']} | {r['bpp']:.3f} | {r['encode_ms']:.0f} | "
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=3, help="Kodak images for the warm part")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--size", default="6144x4096", help="the large photo, WxH")
+    parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--codecs", default=",".join(CODECS))
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "images_from": str(folder),
-        "warm": warm(images, args.codecs.split(","), args.repeat),
+        "warm": [] if args.skip_warm else warm(images, args.codecs.split(","), args.repeat),
     }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
