@@ -349,7 +349,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from err
     if args.codecs is None:
         for codec in bench_codecs.registry().values():
-            if not codec.available():
+            if codec.default and not codec.available():
                 print(
                     f"{PROG} bench: skipping {codec.name}: it needs {codec.needs}", file=sys.stderr
                 )
@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--codecs",
         type=_codec_list,
         default=None,
-        help="comma-separated, from kae,jpeg,jpeg444,webp,avif,jxl (default: all available)",
+        help="comma-separated, from kae,jpeg,jpeg444,webp,avif,jxl (default: all available) "
+        "and kae:MODEL (one installed model alone, e.g. kae:kae-mid)",
     )
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
     p.add_argument("--limit", type=_positive, default=None, help="only the first N images")

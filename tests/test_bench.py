@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pillow_kae.bench import codecs, crops
+from pillow_kae.bench import codecs, crops, runner
 from pillow_kae.bench.bd import bd_rate, envelope
 from pillow_kae.bench.metrics import ms_ssim, ms_ssim_db, psnr, scales_for
 from pillow_kae.cli import main
@@ -145,6 +145,17 @@ def test_ladder_qualities_cover_every_ladder_point() -> None:
     for quality, model, step in qualities:
         assert ladder.choose(quality) == (model, step)
         assert quality == 1 or ladder.choose(quality - 1) != (model, step)
+
+
+def test_one_model_codecs_walk_its_gain_steps() -> None:
+    known = codecs.registry()
+    mid = known["kae:kae-mid"]
+    assert not mid.default and "kae:seed-dense" not in known
+    steps = [mid.describe(q)["gain_step"] for q in mid.qualities]
+    assert steps == list(range(-6, 3))
+    assert {mid.describe(q)["model"] for q in mid.qualities} == {"kae-mid"}
+    assert "kae:kae-mid" not in [c.name for c in runner.available_codecs()]
+    assert [c.name for c in runner.available_codecs(["kae:kae-mid"])] == ["kae:kae-mid"]
 
 
 def test_match_bytes_fits_the_budget() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, features
 
+from pillow_kae.zoo import installed
 from pillow_kae.zoo import quality as ladder
 
 
@@ -70,6 +71,7 @@ class Codec:
     plugin: str | None = None  # module that registers fmt with Pillow, when not built in
     feature: str | None = None  # Pillow feature that fmt needs (features.check)
     needs: str = ""  # what to install when it is not available
+    default: bool = True  # run when --codecs is not given
 
     def available(self) -> bool:
         """Whether this Pillow can write and read the format."""
@@ -88,7 +90,7 @@ class Codec:
         """The setting of one point, for the JSON: the quality, and for .kae its rate point."""
         if self.fmt != "KAE":
             return {"quality": quality}
-        model, gain_step = ladder.choose(quality)
+        model, gain_step = ladder.choose(quality, self.options.get("model"))
         return {"quality": quality, "model": model, "gain_step": gain_step}
 
 
@@ -97,6 +99,8 @@ _JPEG_QUALITIES = (2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 _WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 _AVIF_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90)
 _JXL_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
+# One model alone: a quality per gain step, -6 .. +2 (``quality.model_gain_step``).
+_MODEL_QUALITIES = (1, 13, 25, 38, 50, 63, 75, 88, 100)
 
 
 def registry() -> dict[str, Codec]:
@@ -150,5 +154,18 @@ def registry() -> dict[str, Codec]:
             plugin="pillow_jxl",
             needs="pillow-jxl-plugin: pip install 'pillow-kae[bench]'",
         ),
+    ]
+    codecs += [
+        Codec(
+            f"kae:{name}",
+            f".kae, {name} alone (its gain steps)",
+            "KAE",
+            _MODEL_QUALITIES,
+            (1, 100),
+            {"model": name},
+            default=False,
+        )
+        for name, model_card in installed().items()
+        if model_card.kind != "seed-dense"  # one rate point: no curve
     ]
     return {codec.name: codec for codec in codecs}

@@ -25,10 +25,11 @@ class BenchError(ValueError):
 
 
 def available_codecs(names: Sequence[str] | None = None) -> list[Codec]:
-    """The named codecs (all that this Pillow can run, if None); unknown or missing: error."""
+    """The named codecs (the default ones this Pillow can run, if None); unknown or missing:
+    error. ``kae:MODEL`` names one installed model alone, along its own gain steps."""
     known = registry()
     if names is None:
-        return [c for c in known.values() if c.available()]
+        return [c for c in known.values() if c.default and c.available()]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BenchError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(known)}")
