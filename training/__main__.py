@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--channels", type=int, default=128)
     train.add_argument("--latent-channels", type=int, default=192)
     train.add_argument("--hyper-channels", type=int, default=128)
+    train.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="train data-parallel on N devices (JAX: keras.distribution; TF: MirroredStrategy)",
+    )
 
     export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
     export.add_argument("run")
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             steps_per_epoch=args.steps_per_epoch,
             kind=kind,
             arch=arch,
+            devices=args.devices,
         )
         train(config)
     elif args.command == "describe":

@@ -4,10 +4,13 @@ Backend-agnostic (plain ``model.fit``), so the same code trains on the CPU under
 and on a lent accelerator under ``KERAS_BACKEND=jax``. A run directory holds the latest
 weights and its progress, so a run resumes where it stopped; ``--minutes`` bounds wall time
 and the learning-rate schedule follows whichever of steps or time runs out first.
+``devices > 1`` trains data-parallel: each batch is split across the devices and the
+gradients are averaged (``keras.distribution`` under JAX, ``tf.distribute`` under TensorFlow).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -47,6 +50,40 @@ class TrainConfig:
     weights: list[float] | None = None
     kind: str = "mean-scale-hyperprior"
     arch: dict = field(default_factory=dict)
+    devices: int = 1
+
+
+def data_parallel(devices: int, batch: int) -> contextlib.AbstractContextManager:
+    """A context in which the model is built and compiled to train on ``devices`` devices.
+
+    JAX: ``keras.distribution.DataParallel`` over the first ``devices`` devices (the batch
+    dimension is sharded, variables replicated). TensorFlow: a ``MirroredStrategy`` scope.
+    """
+    if devices <= 1:
+        return contextlib.nullcontext()
+    if batch % devices:
+        raise ValueError(f"batch {batch} does not split evenly over {devices} devices")
+    backend = keras.backend.backend()
+    if backend == "jax":
+        available = keras.distribution.list_devices()
+        if len(available) < devices:
+            raise ValueError(f"{devices} devices asked for, {len(available)} available")
+        chosen = available[:devices]
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=chosen))
+        log.info("data-parallel on %d devices: %s", devices, ", ".join(map(str, chosen)))
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        available = tf.config.list_logical_devices(
+            "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        )
+        if len(available) < devices:
+            raise ValueError(f"{devices} devices asked for, {len(available)} available")
+        chosen = [d.name for d in available[:devices]]
+        log.info("data-parallel on %d devices: %s", devices, ", ".join(chosen))
+        return tf.distribute.MirroredStrategy(chosen).scope()
+    raise ValueError(f"data-parallel training needs JAX or TensorFlow, not {backend}")
 
 
 def rate_loss(y_true: object, y_pred: object) -> object:
@@ -154,18 +191,19 @@ def train(config: TrainConfig) -> Path:
     )
 
     keras.utils.set_random_seed(config.seed + start_step)
-    model = models.build(config.kind, config.arch)
-    if start_step:
-        assign_weights(model, load_arrays(run / CHECKPOINT))
-        log.info("resuming %s at step %d", run, start_step)
-    elif config.init:
-        assign_weights(model, load_arrays(config.init))
-        log.info("warm start from %s", config.init)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
-        loss={"x_hat": "mse", "bpp": rate_loss},
-        loss_weights={"x_hat": config.lmbda * 255**2, "bpp": 1.0},
-    )
+    with data_parallel(config.devices, config.batch):
+        model = models.build(config.kind, config.arch)
+        if start_step:
+            assign_weights(model, load_arrays(run / CHECKPOINT))
+            log.info("resuming %s at step %d", run, start_step)
+        elif config.init:
+            assign_weights(model, load_arrays(config.init))
+            log.info("warm start from %s", config.init)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
+            loss={"x_hat": "mse", "bpp": rate_loss},
+            loss_weights={"x_hat": config.lmbda * 255**2, "bpp": 1.0},
+        )
     progress = _Progress(config, run, start_step, history, minutes)
     first_epoch = start_step // config.steps_per_epoch
     epochs = math.ceil(config.steps / config.steps_per_epoch)
