@@ -15,7 +15,7 @@ pixels). ``--cases`` is per mode; ``--workers`` defaults to one per CPU:
   a network does. A damaged file that decodes without an error to other pixels (or another
   mode or size) than the intact file is *silent garbage*.
 
-Each case is opened and loaded in a long-lived worker process (TensorFlow is loaded once
+Each case is opened and loaded in a long-lived worker process (the runtime is loaded once
 per worker) under a time limit; a worker that dies (crash) or overruns (hang) is replaced.
 Outcomes: decoded, clean error (the exceptions Pillow's own fuzzer accepts), unclean
 exception (the first few are printed with tracebacks), crash, hang, silent garbage, and the
@@ -74,7 +74,7 @@ OUTCOMES = ("decoded", "error", "unclean", "crash", "hang", "garbage")
 BAD = ("unclean", "crash", "hang", "garbage")
 SHOWN = 3  # tracebacks printed per mode; the JSON keeps up to EXAMPLES per outcome
 EXAMPLES = 20
-STARTUP_S = 600.0  # importing TensorFlow on a loaded machine is slow, but not this slow
+STARTUP_S = 600.0  # a worker's start-up on a loaded machine is slow, but not this slow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _image(spec: Spec, seed: int) -> Image.Image:
 
 
 def build_corpus(specs: Sequence[Spec] = CORPUS) -> list[bytes]:
-    """Every spec encoded through ``Image.save`` (this loads TensorFlow)."""
+    """Every spec encoded through ``Image.save`` (this loads the runtime and the models)."""
     files = []
     for number, spec in enumerate(specs):
         buffer = io.BytesIO()
@@ -555,7 +555,8 @@ class _Forgery:
         """Raw KHDR data: flipped, overwritten, cut or extended (the CRC still fits)."""
         rng = self.rng
         data = pack_khdr(self.fields) if self.khdr is None else self.khdr
-        kind = rng.choice(("flip", "set-byte", "truncate", "extend"))
+        # An earlier cut may have left nothing: then only extending is possible.
+        kind = rng.choice(("flip", "set-byte", "truncate", "extend") if data else ("extend",))
         if kind == "flip":
             data = _flip_bits(rng, data, rng.randint(1, 4))
         elif kind == "set-byte":
@@ -682,7 +683,7 @@ def _peak_rss_mb() -> float:
 
 
 def _serve(conn: connection.Connection, files: list[bytes], max_pixels: int) -> None:
-    """Worker: load TensorFlow and decode the corpus (the damage references), then run cases."""
+    """Worker: load the runtime and decode the corpus (the damage references), then run cases."""
     with pixel_limit(max_pixels):
         references = [decode(data) for data in files]
         conn.send(_peak_rss_mb())
@@ -864,7 +865,7 @@ def campaign(
 
 
 def _build_corpus_elsewhere() -> list[bytes]:
-    """Encode the corpus in a process of its own, so this one never loads TensorFlow."""
+    """Encode the corpus in a process of its own, so this one never loads the runtime."""
     with get_context("spawn").Pool(1) as pool:
         return pool.apply(build_corpus)
 
@@ -886,10 +887,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     modes = MODES if args.mode == "both" else (args.mode,)
-    # One thread per worker: the workers, not TensorFlow's pools, share the cores.
-    for knob in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    # One thread per worker: the workers, not the runtime's thread pools, share the cores.
+    for knob in ("KAE_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(knob, "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     corpus = Corpus(_build_corpus_elsewhere())
     print(

@@ -1,6 +1,6 @@
 """Grain on smooth areas: does the codec add speckle the original does not have?
 
-    python -m benchmarks.grain [--folder DIR] [--quality 75] [--every N]
+    python -m benchmarks.grain [--folder DIR] [--quality 75] [--model M] [--every N]
 
 Grain is the RMS of the luminance minus its 3x3 mean, over the flat parts of the image.
 Flat parts are where the original has no structure: the standard deviation of its
@@ -81,23 +81,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--quality", type=int, default=75)
+    parser.add_argument("--model", default=None, help="one model along its gain steps")
     parser.add_argument("--every", type=int, default=1, help="use every n-th image")
     parser.add_argument("--json", type=Path, default=Path("out/grain.json"))
     args = parser.parse_args(argv)
     folder, paths = test_images(args.folder, args.every)
-    print(f"images: {folder} ({len(paths)}); .kae at quality {args.quality}")
+    options = {"quality": args.quality} | ({"model": args.model} if args.model else {})
+    print(f"images: {folder} ({len(paths)}); .kae with {options}")
     rows = []
     for path in tqdm(paths, desc="grain"):
         with Image.open(path) as im:
             rgb = im.convert("RGB")
         original = np.asarray(rgb)
         mask = flat_mask(original)
-        kae = _encode(rgb, "KAE", quality=args.quality)
+        kae = _encode(rgb, "KAE", **options)
         webp = webp_at(rgb, len(kae))
         rows.append(
             {
                 "image": path.name,
                 "flat_fraction": float(mask.mean()),
+                "pixels": original.shape[0] * original.shape[1],
                 "original": grain(original, mask),
                 "kae": grain(_decode(kae), mask),
                 "kae_bytes": len(kae),
@@ -113,8 +116,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     worst = max(rows, key=lambda r: r["kae"] / r["original"])
     print(f"\nworst kae/original: {worst['kae'] / worst['original']:.2f} ({worst['image']})")
+    bpp = np.mean([8 * r["kae_bytes"] / r["pixels"] for r in rows])
+    ratio = np.mean([r["kae"] / r["original"] for r in rows])
+    print(f"mean kae/original: {ratio:.2f} at {bpp:.3f} bpp")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"images": folder, "quality": args.quality, "rows": rows}))
+    args.json.write_text(json.dumps({"images": folder, **options, "rows": rows}))
 
 
 if __name__ == "__main__":

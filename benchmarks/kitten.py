@@ -2,12 +2,15 @@
 
     python -m benchmarks.kitten [--pair CATS_RUN GENERAL_RUN]... [--limit N]
 
-Positives: ../shared/data/cats/valid (never trained on). Negatives: Kodak and BSDS500 val.
-Each score is "lower = more cat-like"; AUROC is the probability that a random non-cat
-scores higher than a random cat (0.5 = chance). Scores:
+Positives: ../shared/data/cats/valid (never trained on). Negatives, scored separately:
+dogs/valid (the hard negatives: same source, same framing) and Kodak + BSDS500 val. Each
+score is "lower = more cat-like"; AUROC is the probability that a random negative scores
+higher than a random cat (0.5 = chance). Scores:
 
 - jpeg: Pillow JPEG q75 bits per pixel, the trivial baseline (image complexity);
 - kae-mid / seed-dense: ``pillow_kae.surprise`` with that shipped model (real coding);
+- kae-kittens / kae-mid: the shipped kitten score, ``surprise(img, model="kae-kittens",
+  reference="kae-mid")`` (when kae-kittens is installed);
 - ratios of a cats-only model's rate to a general model's rate, which cancel complexity.
   Each ``--pair`` names two run directories (not shipped: trained on cats/train only and on
   BSDS500/train only) whose rates are the models' own estimates;
@@ -128,12 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sets = {
         "cats/valid": SHARED / "cats" / "valid",
+        "dogs/valid": SHARED / "dogs" / "valid",
         "kodak": KODAK,
         "bsds500/val": SHARED / "bsds500" / "val",
     }
     pairs = [(c.name, load_run(c), g.name, load_run(g)) for c, g in args.pair]
+    from pillow_kae.zoo import installed
     from pillow_kae.zoo.loader import load
 
+    kittens = "kae-kittens" in installed()
     seed_model = load("seed-dense").keras_model
     rows: dict[str, list[dict[str, float]]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
@@ -149,29 +155,34 @@ def main(argv: list[str] | None = None) -> None:
                 "kae-mid": surprise(image, model="kae-mid"),
                 "seed-dense": surprise(image, model="seed-dense"),
             }
+            if kittens:
+                score["kae-kittens / kae-mid"] = surprise(
+                    image, model="kae-kittens", reference="kae-mid"
+                )
             score["seed-dense MSE (blog)"] = seed_mse(seed_model, image)
             score["seed-dense / kae-mid"] = score["seed-dense"] / score["kae-mid"]
-            score["seed-dense / jpeg"] = score["seed-dense"] / score["jpeg"]
             for cats_name, cats_model, general_name, general_model in pairs:
                 cats_bpp = estimated_bpp(cats_model, image)
                 general_bpp = estimated_bpp(general_model, image)
-                score[f"{cats_name} (est.)"] = cats_bpp
-                score[f"{general_name} (est.)"] = general_bpp
-                score[f"{cats_name} / {general_name}"] = cats_bpp / general_bpp
+                score[f"{cats_name} / {general_name} (est.)"] = cats_bpp / general_bpp
             rows[label].append(score)
             pooled[label].append(features(image).mean(axis=(0, 1)))
     cats = rows["cats/valid"]
-    others = rows["kodak"] + rows["bsds500/val"]
-    print(f"\npositives: cats/valid ({len(cats)}); negatives: kodak + bsds500/val ({len(others)})")
-    print(f"{'score (low = cat)':<30} {'cats mean':>10} {'others mean':>12} {'AUROC':>7}")
-    for key in cats[0]:
-        pos = np.array([r[key] for r in cats])
-        neg = np.array([r[key] for r in others])
-        print(f"{key:<30} {pos.mean():10.4f} {neg.mean():12.4f} {auroc(pos, neg):7.3f}")
-    probe = probe_auroc(
-        np.array(pooled["cats/valid"]), np.array(pooled["kodak"] + pooled["bsds500/val"])
-    )
-    print(f"supervised: logistic regression on mean features(img), 5-fold CV: AUROC {probe:.3f}")
+    negatives = {
+        "dogs/valid": ["dogs/valid"],
+        "kodak + bsds500/val": ["kodak", "bsds500/val"],
+    }
+    for name, labels in negatives.items():
+        others = [row for label in labels for row in rows[label]]
+        print(f"\npositives: cats/valid ({len(cats)}); negatives: {name} ({len(others)})")
+        print(f"{'score (low = cat)':<34} {'cats mean':>10} {'others mean':>12} {'AUROC':>7}")
+        for key in cats[0]:
+            pos = np.array([r[key] for r in cats])
+            neg = np.array([r[key] for r in others])
+            print(f"{key:<34} {pos.mean():10.4f} {neg.mean():12.4f} {auroc(pos, neg):7.3f}")
+        features_others = np.array([v for label in labels for v in pooled[label]])
+        probe = probe_auroc(np.array(pooled["cats/valid"]), features_others)
+        print(f"supervised: logistic regression on mean features(img), 5-fold CV: {probe:.3f}")
 
 
 if __name__ == "__main__":
