@@ -47,6 +47,9 @@ SYNTHESIS_MARGIN = 2  # latents: the least that gives the pixels of one pass (te
 # The transforms run in windows of this many pixels (plus the margins): their activations,
 # not the image, bound the memory (a 1024 window made g_a peak near 1 GB on its own).
 TRANSFORM_WINDOW = 512
+# A padded image this small runs in one window: no context is computed twice (the 768x512
+# of a Kodak photo would otherwise take two windows), and its activations are still small.
+SINGLE_PASS_PIXELS = 768 * 512
 HYPER_CONTEXT = 8  # latents of y around a tile that h_a sees (its reach is 4)
 HYPER_SYNTHESIS_MARGIN = 2  # cells of ẑ around a tile that h_s sees (its reach is 1.75)
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
@@ -232,13 +235,20 @@ def _expand(
     )
 
 
-def analysis_grid(
-    model: CodecModel, pixels: np.ndarray, window: int = TRANSFORM_WINDOW
-) -> np.ndarray:
+def _windows(padded_w: int, padded_h: int, window: int | None) -> list[tuple[int, int, int, int]]:
+    """The transform windows of a padded image: one if it is small, else ``window`` squares."""
+    if window is None:
+        small = padded_w * padded_h <= SINGLE_PASS_PIXELS
+        window = max(padded_w, padded_h) if small else TRANSFORM_WINDOW
+    return tiles(padded_w, padded_h, window)
+
+
+def analysis_grid(model: CodecModel, pixels: np.ndarray, window: int | None = None) -> np.ndarray:
     """y = g_a of the image padded centred to a multiple of 64, (H/16, W/16, C) float32.
 
-    Computed in windows of ``window`` pixels plus ``ANALYSIS_MARGIN`` around each, so the
-    memory of the transform is bounded by the window and the result does not depend on it.
+    Computed in windows of ``window`` pixels (default: ``_windows``) plus ``ANALYSIS_MARGIN``
+    around each, so the memory of the transform is bounded by the window and the result does
+    not depend on it.
     """
     height, width = pixels.shape[:2]
     multiple, stride = model.pad_multiple, model.stride
@@ -246,7 +256,7 @@ def analysis_grid(
     top, left = _centre_offsets(height, width, multiple)
     image = (0, 0, padded_w, padded_h)
     grid = np.empty((padded_h // stride, padded_w // stride, model.latent_channels), np.float32)
-    for box in tiles(padded_w, padded_h, window):
+    for box in _windows(padded_w, padded_h, window):
         context = _expand(box, ANALYSIS_MARGIN, padded_w, padded_h)
         x = _padded_window(pixels, top, left, context)[None].astype(np.float32) / 255.0
         y = model.transform("g_a")(x)[0]
@@ -316,7 +326,7 @@ def _decode_image_hyperprior(
 
 
 def synthesis(
-    model: CodecModel, y_hat: np.ndarray, width: int, height: int, window: int = TRANSFORM_WINDOW
+    model: CodecModel, y_hat: np.ndarray, width: int, height: int, window: int | None = None
 ) -> np.ndarray:
     """g_s of the whole latent grid, run window by window: (height, width, 3) uint8.
 
@@ -329,7 +339,7 @@ def synthesis(
     top, left = _centre_offsets(height, width, multiple)
     image = (left, top, left + width, top + height)
     out = np.empty((height, width, 3), np.uint8)
-    for box in tiles(padded_w, padded_h, window):
+    for box in _windows(padded_w, padded_h, window):
         context = _expand(box, SYNTHESIS_MARGIN * stride, padded_w, padded_h)
         rows, cols = _inner(context, (0, 0, padded_w, padded_h), stride)
         x_hat = model.transform("g_s")(y_hat[None, rows, cols])[0]
