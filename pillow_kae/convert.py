@@ -265,6 +265,48 @@ def _worker_init(threads: int) -> None:
     logging.getLogger("pillow_kae").setLevel(logging.WARNING)
 
 
+def summarize(
+    jobs: Sequence[Job],
+    force: bool,
+    outcomes: Callable[[list[Job]], Iterator[tuple[Job, Result]]],
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Skip the finished jobs, run the rest through ``outcomes`` (whatever executes them:
+    this process, a process pool, a cluster), and count what happened."""
+    start = time.perf_counter()
+    todo = pending(jobs, force)
+    summary = Summary(skipped=len(jobs) - len(todo))
+    if progress and summary.skipped:
+        progress(summary.skipped)
+    for job, result in outcomes(todo):
+        summary.record(job, result)
+        if progress:
+            progress(1)
+    summary.failures.sort()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _in_processes(
+    work: Callable[[Path, Path], int], workers: int, todo: list[Job]
+) -> Iterator[tuple[Job, Result]]:
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            yield job, run_job(work, job)
+        return
+    workers = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = get_context("spawn")  # no fork of a parent that may hold runtime threads
+    with ProcessPoolExecutor(workers, context, _worker_init, (threads,)) as pool:
+        futures = {pool.submit(run_job, work, job): job for job in todo}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
 def convert(
     jobs: Sequence[Job],
     work: Callable[[Path, Path], int],
@@ -277,35 +319,7 @@ def convert(
     ``work`` must be picklable (a module-level function or a ``functools.partial`` of one).
     Each worker gets an equal share of the cores for the runtime's threads.
     """
-    start = time.perf_counter()
-    todo = pending(jobs, force)
-    summary = Summary(skipped=len(jobs) - len(todo))
-    if progress and summary.skipped:
-        progress(summary.skipped)
-
-    def record(job: Job, result: Result) -> None:
-        summary.record(job, result)
-        if progress:
-            progress(1)
-
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            record(job, run_job(work, job))
-    else:
-        workers = min(workers, len(todo))
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = get_context("spawn")  # no fork of a parent that may hold runtime threads
-        with ProcessPoolExecutor(workers, context, _worker_init, (threads,)) as pool:
-            futures = {pool.submit(run_job, work, job): job for job in todo}
-            try:
-                for future in as_completed(futures):
-                    record(futures[future], future.result())
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    summary.failures.sort()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return summarize(jobs, force, partial(_in_processes, work, workers), progress)
 
 
 def encoder(

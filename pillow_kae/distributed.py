@@ -18,8 +18,7 @@ each transform (match it to ``nthreads`` per worker). Needs ``pip install 'pillo
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pillow_kae import convert
@@ -35,17 +34,15 @@ def run(
     """Run ``work`` for each pending job as a task of ``client``; failures are recorded."""
     from dask.distributed import as_completed
 
-    start = time.perf_counter()
-    todo = convert.pending(jobs, force)
-    summary = convert.Summary(skipped=len(jobs) - len(todo))
-    if todo:
+    def outcomes(todo: list[convert.Job]) -> Iterator[tuple[convert.Job, convert.Result]]:
+        if not todo:
+            return
         futures = client.map(convert.run_job, [work] * len(todo), todo, pure=False)
         job_of = {future.key: job for future, job in zip(futures, todo, strict=True)}
         for future, result in as_completed(futures, with_results=True):
-            summary.record(job_of[future.key], result)
-    summary.failures.sort()
-    summary.seconds = time.perf_counter() - start
-    return summary
+            yield job_of[future.key], result
+
+    return convert.summarize(jobs, force, outcomes)
 
 
 def encode_files(
