@@ -28,8 +28,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pillow_kae.entropy_models.coder import TableCoder, new_decoder, new_encoder
-from pillow_kae.entropy_models.fixed_point import ACTIVATION_BITS, scale_indices
+from pillow_kae.entropy_models.coder import TableCoder, as_values, new_decoder, new_encoder
+from pillow_kae.entropy_models.fixed_point import (
+    ACTIVATION_BITS,
+    dequantize_fixed,
+    inverse_gain_fixed,
+    scale_indices,
+)
 from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_LEVELS,
     SCALE_MAX,
@@ -135,7 +140,14 @@ def _params(model: CodecModel, z_hat: np.ndarray, gain_step: int) -> tuple[np.nd
 def _tile_params(
     model: CodecModel, z_grid: np.ndarray, box: tuple[int, int, int, int], gain_step: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Means and table indices of one tile's y from h_s on the whole ẑ grid.
+    """Means and table indices of one tile's y from h_s on the whole ẑ grid."""
+    return _split_params(model, _tile_hyper(model, z_grid, box), gain_step)
+
+
+def _tile_hyper(
+    model: CodecModel, z_grid: np.ndarray, box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """The integer h_s output over one tile's y, from h_s on the whole ẑ grid.
 
     h_s runs on the tile's ẑ plus ``HYPER_SYNTHESIS_MARGIN`` cells of its neighbours (zero
     beyond the image), which gives exactly the values of h_s on the whole grid: a tile's
@@ -145,7 +157,37 @@ def _tile_params(
     image = (0, 0, z_grid.shape[1] * multiple, z_grid.shape[0] * multiple)
     context = _expand(box, HYPER_SYNTHESIS_MARGIN * multiple, image[2], image[3])
     out = model.hyper_synthesis(z_grid[_inner(context, image, multiple)])
-    return _split_params(model, out[_inner(box, context, stride)], gain_step)
+    return out[_inner(box, context, stride)]
+
+
+class _SliceContext:
+    """Means and table indices of a tile's y, slice after slice (channel-conditional models).
+
+    Slice i's parameters are the h_s output corrected by the integer slice transform, which
+    also sees the slices before it as the decoder has them (fixed point, ``dequantize_fixed``):
+    the encoder feeds it exactly what the decoder will, so every table choice matches. The
+    slice transforms see the tile alone (zero beyond it), so tiles stay independent.
+    """
+
+    def __init__(self, model: CodecModel, hyper: np.ndarray, gain_step: int) -> None:
+        self.model, self.hyper, self.gain_step = model, hyper, gain_step
+        self.decoded: list[np.ndarray] = []
+
+    def params(self) -> tuple[np.ndarray, np.ndarray, slice]:
+        """(integer means, table indices, channels) of the next slice."""
+        model, i = self.model, len(self.decoded)
+        c, m = model.latent_channels // model.slices, model.latent_channels
+        channels = slice(i * c, (i + 1) * c)
+        means = self.hyper[..., channels]
+        log_scales = self.hyper[..., m + i * c : m + (i + 1) * c]
+        inputs = np.concatenate([means, log_scales, *self.decoded], axis=-1)
+        delta = model.slice_transforms(i, inputs)
+        means, log_scales = means + delta[..., :c], log_scales + delta[..., c:]
+        return means, scale_indices(log_scales, model.thresholds, self.gain_step), channels
+
+    def add(self, means: np.ndarray, symbols: np.ndarray) -> None:
+        """Record the slice just coded, as the decoder reconstructs it."""
+        self.decoded.append(dequantize_fixed(means, symbols, inverse_gain_fixed(self.gain_step)))
 
 
 def _split_params(
@@ -186,8 +228,18 @@ def _encode_image_hyperprior(
         encoder = new_encoder()
         z_hat = z_grid[_inner(box, image, multiple)]
         model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
-        means, indices = _tile_params(model, z_grid, box, gain_step)
-        model.y_coder.encode(encoder, np.rint(g * y.astype(np.float64) - g * means), indices)
+        hyper = _tile_hyper(model, z_grid, box)
+        if model.slices:
+            context = _SliceContext(model, hyper, gain_step)
+            for _ in range(model.slices):
+                means, indices, channels = context.params()
+                residual = y[..., channels].astype(np.float64) - means / (1 << ACTIVATION_BITS)
+                symbols = as_values(np.rint(g * residual))
+                model.y_coder.encode(encoder, symbols, indices)
+                context.add(means, symbols)
+        else:
+            means, indices = _split_params(model, hyper, gain_step)
+            model.y_coder.encode(encoder, np.rint(g * y.astype(np.float64) - g * means), indices)
         payloads.append(np.asarray(encoder.get_compressed(), dtype="<u4").tobytes())
     return payloads
 
@@ -319,9 +371,21 @@ def _decode_image_hyperprior(
         )
     y_hat = np.empty((padded_h // stride, padded_w // stride, model.latent_channels), np.float32)
     for box, decoder in zip(boxes, decoders, strict=True):
-        means, indices = _tile_params(model, z_grid, box, gain_step)
-        symbols = _decode_symbols(y_coder, decoder, indices)
-        y_hat[_inner(box, image, stride)] = _dequantize(symbols, means, gain_step)
+        hyper = _tile_hyper(model, z_grid, box)
+        where = _inner(box, image, stride)
+        if not model.slices:
+            means, indices = _split_params(model, hyper, gain_step)
+            symbols = _decode_symbols(y_coder, decoder, indices)
+            y_hat[where] = _dequantize(symbols, means, gain_step)
+            continue
+        context = _SliceContext(model, hyper, gain_step)
+        for _ in range(model.slices):
+            means, indices, channels = context.params()
+            symbols = _decode_symbols(y_coder, decoder, indices)
+            context.add(means, symbols)
+            y_hat[(*where, channels)] = _dequantize(
+                symbols, means / (1 << ACTIVATION_BITS), gain_step
+            )
     return synthesis(model, y_hat, width, height)
 
 
@@ -431,7 +495,9 @@ def decode_image(
     """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
-    if model.kind == "mean-scale-hyperprior" and version >= 2:
+    if model.slices and version < 3:
+        raise TileDecodeError(f"format version {version} has no channel-conditional coding")
+    if model.kind != "seed-dense" and version >= 2:
         return _decode_image_hyperprior(model, payloads, width, height, gain_step, tile_size)
     out = np.empty((height, width, 3), np.uint8)
     boxes = tiles(width, height, tile_size)

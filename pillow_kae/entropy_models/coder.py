@@ -33,10 +33,7 @@ class TableCoder:
 
     def encode(self, encoder: object, values: np.ndarray, table_index: np.ndarray) -> None:
         """Append ``values`` (ints) coded with tables ``table_index`` (same shape) to encoder."""
-        values = np.asarray(values).ravel()
-        if values.dtype.kind == "f":
-            values = np.nan_to_num(values, nan=0.0)  # clip before the cast keeps the sign
-        values = np.clip(values, -VALUE_LIMIT, VALUE_LIMIT).astype(np.int64)
+        values = as_values(values).ravel()
         table_index = table_index.ravel()
         escaped: list[np.ndarray] = []
         for k, positions in self._groups(table_index):
@@ -81,6 +78,14 @@ class TableCoder:
                 groups.append((k, order[start : start + count]))
                 start += count
         return groups
+
+
+def as_values(values: np.ndarray) -> np.ndarray:
+    """What the coder codes for ``values``: int64, NaN as 0, clipped to +-VALUE_LIMIT."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values, nan=0.0)  # clip before the cast keeps the sign
+    return np.clip(values, -VALUE_LIMIT, VALUE_LIMIT).astype(np.int64)
 
 
 def new_encoder() -> object:

@@ -13,9 +13,13 @@ by the bounds below), so BLAS, threads and FMA cannot change a single bit.
 
 from __future__ import annotations
 
+import decimal
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+from pillow_kae.entropy_models.gaussian_conditional import SCALE_LEVELS, SCALE_MAX, SCALE_MIN
 
 WEIGHT_BITS = 12
 ACTIVATION_BITS = 10
@@ -23,6 +27,7 @@ ACTIVATION_LIMIT = 1 << 20  # |activation| as an integer
 WEIGHT_LIMIT = 1 << 15  # |weight| as an integer
 Z_LIMIT = ACTIVATION_LIMIT >> ACTIVATION_BITS  # z_hat is clipped to +-this before h_s
 EXACT_LIMIT = 1 << 53
+GAIN_BITS = 16  # fractional bits of the inverse latent gain (slice context)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,33 @@ class FixedPointHyperSynthesis:
         return x
 
 
+class FixedPointSliceTransforms:
+    """The slice transforms of ``ChannelConditionalHyperprior`` (3x3 convs, ReLU), in integers.
+
+    Slice i maps its h_s output and the decoded slices before it (all in units of
+    2**-ACTIVATION_BITS) to integer corrections of its means and log-scales.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], slices: int, prefix: str = "slice") -> None:
+        def conv(i: int, j: int, relu: bool) -> IntConv:
+            name = f"{prefix}{i}/conv{j}"
+            return quantize_conv(arrays[f"{name}/kernel"], arrays[f"{name}/bias"], 1, relu)
+
+        self.transforms = [
+            [conv(i, 0, True), conv(i, 1, True), conv(i, 2, False)] for i in range(slices)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __call__(self, i: int, inputs: np.ndarray) -> np.ndarray:
+        """inputs: (H, W, C_i) int64 activations -> (H, W, 2 * slice channels) corrections."""
+        x = np.clip(inputs, -ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        for layer in self.transforms[i]:
+            x = layer(x)
+        return x
+
+
 def scale_indices(log_scales: np.ndarray, thresholds: np.ndarray, shift: int = 0) -> np.ndarray:
     """Table index per element: count of integer thresholds <= fixed-point log-scale, + shift.
 
@@ -107,3 +139,29 @@ def scale_indices(log_scales: np.ndarray, thresholds: np.ndarray, shift: int = 0
 def log_scale_thresholds_fixed(thresholds: np.ndarray) -> np.ndarray:
     """Export-time: float log-domain thresholds -> the stored integer thresholds."""
     return np.rint(np.asarray(thresholds, np.float64) * (1 << ACTIVATION_BITS)).astype(np.int64)
+
+
+def dequantize_fixed(means: np.ndarray, symbols: np.ndarray, inverse_gain: int) -> np.ndarray:
+    """ŷ = means + symbols / gain in units of 2**-ACTIVATION_BITS, from integers only.
+
+    ``inverse_gain`` is ``inverse_gain_fixed(step)``;
+    symbols are clipped first so that forged values cannot overflow int64.
+    """
+    q = np.clip(symbols.astype(np.int64), -ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+    scaled = (q * inverse_gain + (1 << (GAIN_BITS - 1))) >> GAIN_BITS
+    return np.clip(means + scaled, -ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+
+
+@functools.cache
+def inverse_gain_fixed(step: int) -> int:
+    """round(2**(ACTIVATION_BITS + GAIN_BITS) / r**step), r the ratio of the scale table.
+
+    Computed with ``decimal`` (software arithmetic at 50 digits) from the table's decimal
+    constants, never with the machine's ``pow``, so every decoder gets the same integer.
+    """
+    with decimal.localcontext() as context:
+        context.prec = 50
+        ratio = decimal.Decimal(repr(SCALE_MAX)) / decimal.Decimal(repr(SCALE_MIN))
+        exponent = decimal.Decimal(-step) / (SCALE_LEVELS - 1)
+        value = decimal.Decimal(1 << (ACTIVATION_BITS + GAIN_BITS)) * ratio**exponent
+        return int(value.to_integral_value(decimal.ROUND_HALF_EVEN))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pillow_kae.models.channel_conditional import ChannelConditionalHyperprior
 from pillow_kae.models.hyperprior import MeanScaleHyperprior
 from pillow_kae.models.seed_dense import SeedDense
 
-KINDS = {"mean-scale-hyperprior": MeanScaleHyperprior, "seed-dense": SeedDense}
+KINDS = {
+    "mean-scale-hyperprior": MeanScaleHyperprior,
+    "channel-conditional": ChannelConditionalHyperprior,
+    "seed-dense": SeedDense,
+}
 
 
 def build(kind: str, arch: dict) -> MeanScaleHyperprior | SeedDense:
@@ -17,4 +22,4 @@ def build(kind: str, arch: dict) -> MeanScaleHyperprior | SeedDense:
     return model
 
 
-__all__ = ["KINDS", "MeanScaleHyperprior", "SeedDense", "build"]
+__all__ = ["KINDS", "ChannelConditionalHyperprior", "MeanScaleHyperprior", "SeedDense", "build"]

@@ -22,6 +22,7 @@ ACTIVATIONS = {"linear": None, "relu": "Relu", "sigmoid": "Sigmoid"}
 # The transforms that run on pixels, by model kind (the hyper-synthesis runs in integers).
 TRANSFORMS = {
     "mean-scale-hyperprior": ("g_a", "h_a", "g_s"),
+    "channel-conditional": ("g_a", "h_a", "g_s"),
     "seed-dense": ("encoder", "decoder"),
 }
 

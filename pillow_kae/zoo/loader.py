@@ -17,7 +17,10 @@ from typing import TypeVar
 import numpy as np
 
 from pillow_kae.entropy_models.coder import TableCoder
-from pillow_kae.entropy_models.fixed_point import FixedPointHyperSynthesis
+from pillow_kae.entropy_models.fixed_point import (
+    FixedPointHyperSynthesis,
+    FixedPointSliceTransforms,
+)
 from pillow_kae.entropy_models.tables import PmfTables
 from pillow_kae.runtime import graph
 from pillow_kae.runtime.session import Transform
@@ -90,6 +93,17 @@ class CodecModel:
     @property
     def hyper_synthesis(self) -> FixedPointHyperSynthesis:
         return self._part("hyper_synthesis", lambda: FixedPointHyperSynthesis(self.arrays))
+
+    @property
+    def slices(self) -> int:
+        """Channel slices of y coded one after another (0: the plain hyperprior, one step)."""
+        return int(self.card.arch.get("slices", 0))
+
+    @property
+    def slice_transforms(self) -> FixedPointSliceTransforms:
+        return self._part(
+            "slice_transforms", lambda: FixedPointSliceTransforms(self.arrays, self.slices)
+        )
 
     @property
     def z_coder(self) -> TableCoder:

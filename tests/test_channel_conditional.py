@@ -1,0 +1,149 @@
+"""Channel-conditional coding: the integer slice transforms, the slice-by-slice bitstream.
+
+The models here are the shipped kae-mid transforms with small random slice transforms added
+(numpy arrays, no training), so every path of the codec runs without a trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_kae import codec
+from pillow_kae.entropy_models.fixed_point import (
+    ACTIVATION_BITS,
+    FixedPointSliceTransforms,
+    dequantize_fixed,
+    inverse_gain_fixed,
+)
+from pillow_kae.zoo import loader
+from tests.conftest import SAMPLES, psnr
+
+
+def slice_arrays(
+    latent_channels: int, slices: int, hidden: int, scale: float, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random slice transforms; ``scale`` 0 makes the last layer zero (a fresh model)."""
+    rng = np.random.default_rng(seed)
+    c = latent_channels // slices
+    arrays = {}
+    for i in range(slices):
+        shapes = [(2 * c + i * c, hidden), (hidden, hidden), (hidden, 2 * c)]
+        for j, (cin, cout) in enumerate(shapes):
+            last = j == len(shapes) - 1
+            std = (scale if last else 1.0) / np.sqrt(9 * cin)
+            kernel = rng.normal(0, std, (3, 3, cin, cout)).astype(np.float32)
+            arrays[f"slice{i}/conv{j}/kernel"] = kernel
+            arrays[f"slice{i}/conv{j}/bias"] = np.zeros(cout, np.float32)
+    return arrays
+
+
+def conditional(scale: float, slices: int = 4, hidden: int = 8) -> loader.CodecModel:
+    """kae-mid's transforms and tables with slice transforms of the given output scale."""
+    base = loader.load("kae-mid")
+    arch = {**base.card.arch, "slices": slices, "slice_hidden": hidden}
+    card = replace(base.card, kind="channel-conditional", arch=arch)
+    arrays = {**base.arrays, **slice_arrays(base.latent_channels, slices, hidden, scale)}
+    return loader.CodecModel(card, arrays)
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    return np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[:150, :200]
+
+
+def test_a_fresh_slice_model_codes_like_the_hyperprior(pixels: np.ndarray) -> None:
+    """Zero corrections: the same means and tables, so the very same latents and pixels."""
+    plain, fresh = loader.load("kae-mid"), conditional(scale=0.0)
+    for step in (-3, 0, 2):
+        expected = codec.decode_image(
+            plain, codec.encode_image(plain, pixels, step), 200, 150, step, codec.TILE_SIZE, 2
+        )
+        payloads = codec.encode_image(fresh, pixels, step)
+        got = codec.decode_image(fresh, payloads, 200, 150, step, codec.TILE_SIZE, 3)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("tile_size", [64, 1024])
+def test_slice_model_round_trip(pixels: np.ndarray, tile_size: int) -> None:
+    """Random corrections change the means and tables, not what g_s gets up to rounding."""
+    model = conditional(scale=0.1)  # corrections of a fraction of a latent unit
+    plain = loader.load("kae-mid")
+    reference = codec.decode_image(
+        plain, codec.encode_image(plain, pixels, 0, tile_size), 200, 150, 0, tile_size, 2
+    )
+    payloads = codec.encode_image(model, pixels, 0, tile_size)
+    assert len(payloads) == len(codec.tiles(256, 192, tile_size))
+    decoded = codec.decode_image(model, payloads, 200, 150, 0, tile_size, 3)
+    assert abs(psnr(decoded, pixels) - psnr(reference, pixels)) < 0.3
+    again = codec.decode_image(model, payloads, 200, 150, 0, tile_size, 3)
+    np.testing.assert_array_equal(decoded, again)
+
+
+def test_version_2_cannot_name_a_slice_model(pixels: np.ndarray) -> None:
+    model = conditional(scale=0.5)
+    payloads = codec.encode_image(model, pixels, 0)
+    with pytest.raises(codec.TileDecodeError, match="version 2"):
+        codec.decode_image(model, payloads, 200, 150, 0, codec.TILE_SIZE, 2)
+
+
+def test_a_damaged_slice_payload_is_a_clean_error(pixels: np.ndarray) -> None:
+    model = conditional(scale=0.5)
+    (payload,) = codec.encode_image(model, pixels, 0)
+    cut = payload[: len(payload) // 2]
+    try:
+        out = codec.decode_image(model, [cut], 200, 150, 0, codec.TILE_SIZE, 3)
+    except codec.TileDecodeError:
+        return
+    assert out.shape == (150, 200, 3)  # a range decoder may also run on past the end
+
+
+def test_inverse_gain_is_fixed_integers() -> None:
+    """Golden values: computed in decimal arithmetic, the same on every machine."""
+    assert inverse_gain_fixed(0) == 1 << (ACTIVATION_BITS + 16)
+    assert [inverse_gain_fixed(s) for s in (-10, -1, 1, 4, 63)] == [
+        229720679,
+        75896528,
+        59338678,
+        41021525,
+        28836,
+    ]
+
+
+def test_dequantize_fixed_is_bounded() -> None:
+    means = np.array([0, 1 << 20, -(1 << 20)], np.int64)
+    symbols = np.array([(1 << 31) - 1, 5, -(1 << 31) + 1], np.int64)
+    out = dequantize_fixed(means, symbols, inverse_gain_fixed(-63))
+    assert np.abs(out).max() <= 1 << 20
+
+
+def test_fixed_point_slices_approximate_keras() -> None:
+    """The integer slice transforms track the float Keras layers they are exported from."""
+    keras = pytest.importorskip("keras")
+    from pillow_kae import models
+    from pillow_kae.zoo.weights import assign_weights, weights_to_arrays
+
+    arch = {"channels": 8, "latent_channels": 12, "hyper_channels": 6, "slices": 3}
+    model = models.build("channel-conditional", {**arch, "slice_hidden": 8})
+    arrays = weights_to_arrays(model, compact=False)
+    arrays.update(slice_arrays(12, 3, 8, scale=1.0, seed=3))
+    assign_weights(model, arrays)
+    fixed = FixedPointSliceTransforms(arrays, 3)
+    rng = np.random.default_rng(4)
+    hyper = rng.normal(0, 2, (6, 7, 24))
+    decoded = [rng.normal(0, 3, (6, 7, 4)) for _ in range(2)]
+    scale = 1 << ACTIVATION_BITS
+    for i in range(3):
+        means, logs = model.slice_params(
+            hyper[None].astype(np.float32), [d[None].astype(np.float32) for d in decoded[:i]], i
+        )
+        expected = np.concatenate([keras.ops.convert_to_numpy(t)[0] for t in (means, logs)], -1)
+        hyper_i = np.concatenate(
+            [hyper[..., i * 4 : i * 4 + 4], hyper[..., 12 + i * 4 :][..., :4]], -1
+        )
+        inputs = np.rint(np.concatenate([hyper_i, *decoded[:i]], -1) * scale).astype(np.int64)
+        got = (inputs[..., :8] + fixed(i, inputs)) / scale
+        assert np.abs(got - expected).max() < 0.02, i
