@@ -224,6 +224,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         stride=model.stride,
         hyper_stride=model.hyper_stride,
         gain_step=gain_step,
+        version=codec.format_version(model),
     )
     payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE)
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None

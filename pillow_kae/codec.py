@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from pillow_kae.container import CHANNEL_CONDITIONAL_VERSION, FORMAT_VERSION
 from pillow_kae.entropy_models.coder import TableCoder, as_values, new_decoder, new_encoder
 from pillow_kae.entropy_models.fixed_point import (
     ACTIVATION_BITS,
@@ -483,6 +484,11 @@ def encode_image(
     return _encode_image_hyperprior(model, pixels, gain_step, tile_size)
 
 
+def format_version(model: CodecModel) -> int:
+    """The KHDR version of what ``encode_image`` writes with ``model``: 3 for channel slices."""
+    return CHANNEL_CONDITIONAL_VERSION if model.slices else FORMAT_VERSION
+
+
 def decode_image(
     model: CodecModel,
     payloads: list[bytes],
@@ -495,8 +501,11 @@ def decode_image(
     """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
-    if model.slices and version < 3:
-        raise TileDecodeError(f"format version {version} has no channel-conditional coding")
+    if bool(model.slices) != (version == CHANNEL_CONDITIONAL_VERSION):
+        raise TileDecodeError(
+            f"format version {version} does not match model {model.name!r} "
+            f"({'with' if model.slices else 'without'} channel slices)"
+        )
     if model.kind != "seed-dense" and version >= 2:
         return _decode_image_hyperprior(model, payloads, width, height, gain_step, tile_size)
     out = np.empty((height, width, 3), np.uint8)

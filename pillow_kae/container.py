@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO
 
 __all__ = [
+    "CHANNEL_CONDITIONAL_VERSION",
     "FORMAT_VERSION",
     "MAX_CHUNK_LENGTH",
     "MAX_DIMENSION",
@@ -47,9 +48,12 @@ logger = logging.getLogger(__name__)
 SIGNATURE = b"\x89KAE\r\n\x1a\n"
 
 #: Version byte written into ``KHDR``. 2: one latent grid over the whole image, seamless
-#: tiles (docs/format.md §5.1); 1: tiles coded on their own. Readers accept both.
+#: tiles (docs/format.md §5.1); 1: tiles coded on their own; 3: as 2, with y coded in
+#: channel slices (channel-conditional models only, which are written as 3). Readers
+#: accept all three.
 FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+CHANNEL_CONDITIONAL_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24

@@ -86,8 +86,16 @@ def test_slice_model_round_trip(pixels: np.ndarray, tile_size: int) -> None:
 def test_version_2_cannot_name_a_slice_model(pixels: np.ndarray) -> None:
     model = conditional(scale=0.5)
     payloads = codec.encode_image(model, pixels, 0)
-    with pytest.raises(codec.TileDecodeError, match="version 2"):
+    with pytest.raises(codec.TileDecodeError, match="version 2 does not match"):
         codec.decode_image(model, payloads, 200, 150, 0, codec.TILE_SIZE, 2)
+
+
+def test_version_3_needs_a_slice_model(pixels: np.ndarray) -> None:
+    plain = loader.load("kae-mid")
+    assert codec.format_version(plain) == 2 and codec.format_version(conditional(0.1)) == 3
+    payloads = codec.encode_image(plain, pixels, 0)
+    with pytest.raises(codec.TileDecodeError, match="without channel slices"):
+        codec.decode_image(plain, payloads, 200, 150, 0, codec.TILE_SIZE, 3)
 
 
 def test_a_damaged_slice_payload_is_a_clean_error(pixels: np.ndarray) -> None:

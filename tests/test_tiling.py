@@ -136,9 +136,14 @@ def test_version_1_multi_tile_files_decode(model, pixels, kae_decode):
     assert np.array_equal(np.asarray(kae_decode(data)), expected)
 
 
+def test_version_3_naming_a_model_without_slices_is_refused(small_kae, kae_decode):
+    with pytest.raises(OSError, match="version 3 does not match"):
+        kae_decode(_with_header(small_kae, version=3))
+
+
 def test_unknown_version_is_refused(small_kae):
     kae = container.read(io.BytesIO(small_kae))
     packed = bytearray(kae.header.pack())
-    packed[0] = 3
-    with pytest.raises(container.KaeFormatError, match="version 3"):
+    packed[0] = 4
+    with pytest.raises(container.KaeFormatError, match="version 4"):
         container.Header.unpack(bytes(packed))

@@ -1,4 +1,4 @@
-"""python -m training {train,export,describe} ..."""
+"""python -m training {train,context,export,describe} ..."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps-per-epoch", type=int, default=100)
     train.add_argument(
         "--arch",
-        choices=["hyperprior", "seed-dense"],
+        choices=["hyperprior", "channel-conditional", "seed-dense"],
         default="hyperprior",
         help="seed-dense with --lmbda 0 reproduces the blog's float autoencoder",
     )
@@ -39,12 +39,36 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--channels", type=int, default=128)
     train.add_argument("--latent-channels", type=int, default=192)
     train.add_argument("--hyper-channels", type=int, default=128)
+    train.add_argument("--slices", type=int, default=6, help="channel-conditional: y slices")
+    train.add_argument(
+        "--slice-hidden", type=int, default=96, help="channel-conditional: slice transform width"
+    )
     train.add_argument(
         "--devices",
         type=int,
         default=1,
         help="train data-parallel on N devices (JAX: keras.distribution; TF: MirroredStrategy)",
     )
+
+    context = sub.add_parser(
+        "context",
+        help="train channel-conditional slice transforms on a shipped model's frozen transforms",
+    )
+    context.add_argument("--model", required=True, help="shipped model to build on")
+    context.add_argument("--data", nargs="+", required=True, help="image folders")
+    context.add_argument(
+        "--limit", type=int, nargs="+", help="photos to take from each --data folder (default all)"
+    )
+    context.add_argument("--out", required=True, help="run directory")
+    context.add_argument("--slices", type=int, default=6)
+    context.add_argument("--hidden", type=int, default=96, help="width of the slice transforms")
+    context.add_argument("--steps", type=int, default=3000)
+    context.add_argument(
+        "--gain-steps", type=int, nargs=2, default=(-6, 2), help="range of latent gain steps"
+    )
+    context.add_argument("--lr", type=float, default=1e-3)
+    context.add_argument("--kodak", default=None, help="photos to report progress on")
+    context.add_argument("--seed", type=int, default=0)
 
     export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
     export.add_argument("run")
@@ -82,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 "latent_channels": args.latent_channels,
                 "hyper_channels": args.hyper_channels,
             }
+            if args.arch == "channel-conditional":
+                kind = "channel-conditional"
+                arch.update(slices=args.slices, slice_hidden=args.slice_hidden)
 
         config = TrainConfig(
             data=args.data,
@@ -102,6 +129,27 @@ def main(argv: list[str] | None = None) -> int:
             devices=args.devices,
         )
         train(config)
+    elif args.command == "context":
+        from training.context import ContextConfig, train_context
+
+        limits = args.limit or [None] * len(args.data)
+        if len(limits) != len(args.data):
+            parser.error("--limit needs one count per --data folder")
+        train_context(
+            ContextConfig(
+                model=args.model,
+                data=args.data,
+                limits=limits,
+                out=args.out,
+                slices=args.slices,
+                hidden=args.hidden,
+                steps=args.steps,
+                gain_steps=tuple(args.gain_steps),
+                lr=args.lr,
+                kodak=args.kodak,
+                seed=args.seed,
+            )
+        )
     elif args.command == "describe":
         from training.export import describe_installed
 

@@ -90,7 +90,7 @@ def export(
 
     arrays = weights_to_arrays(model, compact=True)
     arrays.update(z_tables(model))
-    if kind == "mean-scale-hyperprior":
+    if kind != "seed-dense":
         arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
         arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
     buffer = io.BytesIO()

@@ -44,6 +44,7 @@ def stage(state: dict) -> dict:
         "batch": config.get("batch"),
         "patch": config.get("patch"),
         "data": {folder: weight for folder, weight in zip(folders, weights, strict=True)},
+        **({"note": config["note"]} if config.get("note") else {}),
     }
 
 

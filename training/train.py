@@ -197,7 +197,9 @@ def train(config: TrainConfig) -> Path:
             assign_weights(model, load_arrays(run / CHECKPOINT))
             log.info("resuming %s at step %d", run, start_step)
         elif config.init:
-            assign_weights(model, load_arrays(config.init))
+            # A channel-conditional model may start from a plain hyperprior: its slice
+            # transforms then start at zero, coding exactly as the hyperprior did.
+            assign_weights(model, load_arrays(config.init), missing_ok=("slice",))
             log.info("warm start from %s", config.init)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),

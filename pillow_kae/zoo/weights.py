@@ -44,10 +44,15 @@ def load_arrays(path: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def assign_weights(model: object, arrays: dict[str, np.ndarray]) -> None:
-    """Set every model variable from ``arrays``; any missing or misshaped array is an error."""
+def assign_weights(
+    model: object, arrays: dict[str, np.ndarray], missing_ok: tuple[str, ...] = ()
+) -> None:
+    """Set every model variable from ``arrays``; a missing or misshaped array is an error,
+    except that variables under the ``missing_ok`` prefixes keep their initial values."""
     for variable in model.weights:
         key = _key(variable.path)
+        if key not in arrays and key.startswith(missing_ok):
+            continue
         if key not in arrays:
             raise ValueError(f"weights file has no array for {key!r}")
         value = arrays[key]
