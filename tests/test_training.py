@@ -1,7 +1,8 @@
-"""Training past one device: ``python -m training train --devices 2`` on two virtual CPUs.
+"""The training commands, run for real in subprocesses on tiny models and generated photos.
 
-Runs the real command in a subprocess under JAX with the host split into two XLA devices,
-on a tiny model and four generated photos, for two steps.
+``train --devices 2`` runs under JAX with the host split into two XLA devices; the
+channel-conditional paths (``train --arch channel-conditional``, ``context``) run on the
+default backend.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import smooth_array
+from pillow_kae import codec
+from pillow_kae.zoo import loader
+from pillow_kae.zoo.weights import load_arrays
+from tests.conftest import psnr, smooth_array
 
 pytest.importorskip("jax")
 pytest.importorskip("keras")
@@ -53,3 +59,65 @@ def test_batch_must_split_over_the_devices(tmp_path: Path) -> None:
     result = _train(tmp_path, devices=2, batch=3)
     assert result.returncode != 0
     assert "does not split evenly over 2 devices" in result.stderr
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *argv],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _photos(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    for i in range(4):
+        Image.fromarray(smooth_array(160, 224, seed=i, noise=8.0)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_channel_conditional_warm_starts_from_a_plain_hyperprior(tmp_path: Path) -> None:
+    """The slice transforms are added at zero to a trained hyperprior, then trained jointly."""
+    data = str(_photos(tmp_path / "data"))
+    common = ["--data", data, "--lmbda", "0.01", "--steps", "1", "--steps-per-epoch", "1"]
+    common += ["--batch", "2", "--patch", "64", "--workers", "1"]
+    common += ["--channels", "8", "--latent-channels", "8", "--hyper-channels", "8"]
+    plain = _run(["train", *common, "--out", str(tmp_path / "plain")])
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    init = str(tmp_path / "plain" / "checkpoint.npz")
+    argv = ["train", *common, "--arch", "channel-conditional", "--slices", "2"]
+    argv += ["--slice-hidden", "4", "--init", init, "--out", str(tmp_path / "cc")]
+    result = _run(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "cc" / "state.json").read_text())
+    assert state["config"]["kind"] == "channel-conditional"
+    assert state["config"]["arch"]["slices"] == 2
+    with np.load(tmp_path / "cc" / "checkpoint.npz") as arrays:
+        assert arrays["slice1/conv2/kernel"].shape == (3, 3, 4, 8)
+
+
+def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
+    """``training context`` on a shipped model: its run codes and decodes an image."""
+    data = str(_photos(tmp_path / "data"))
+    argv = ["context", "--model", "kae-low", "--data", data, "--steps", "2", "--slices", "2"]
+    argv += ["--hidden", "4", "--gain-steps", "-2", "1", "--out", str(tmp_path / "run")]
+    result = _run(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["config"]["kind"] == "channel-conditional" and state["step"] == 2
+    arrays = load_arrays(tmp_path / "run" / "checkpoint.npz")
+    shipped = loader.load("kae-low")
+    for key, value in shipped.arrays.items():
+        if key in arrays:  # the transforms are the shipped ones, untouched
+            np.testing.assert_allclose(arrays[key], value.astype(arrays[key].dtype))
+    arrays = {**shipped.arrays, **{k: v for k, v in arrays.items() if k.startswith("slice")}}
+    card = replace(shipped.card, kind="channel-conditional", arch=state["config"]["arch"])
+    model = loader.CodecModel(card, arrays)
+    pixels = smooth_array(100, 130, seed=5, noise=4.0)
+    height, width = pixels.shape[:2]
+    payloads = codec.encode_image(model, pixels, -1)
+    decoded = codec.decode_image(model, payloads, width, height, -1, codec.TILE_SIZE, 3)
+    assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 25
