@@ -99,6 +99,17 @@ def test_channel_conditional_warm_starts_from_a_plain_hyperprior(tmp_path: Path)
         assert arrays["slice1/conv2/kernel"].shape == (3, 3, 4, 8)
 
 
+def test_variable_rate_training_at_random_gain_steps(tmp_path: Path) -> None:
+    data = str(_photos(tmp_path / "data"))
+    argv = ["train", "--data", data, "--lmbda", "0.01", "--steps", "2", "--steps-per-epoch", "1"]
+    argv += ["--batch", "2", "--patch", "64", "--workers", "1", "--gain-steps", "-3", "2"]
+    argv += ["--channels", "8", "--latent-channels", "8", "--hyper-channels", "8"]
+    result = _run([*argv, "--out", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == 2 and state["config"]["gain_steps"] == [-3, 2]
+
+
 def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     """``training context`` on a shipped model: its run codes and decodes an image."""
     data = str(_photos(tmp_path / "data"))

@@ -39,6 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--channels", type=int, default=128)
     train.add_argument("--latent-channels", type=int, default=192)
     train.add_argument("--hyper-channels", type=int, default=128)
+    train.add_argument(
+        "--gain-steps",
+        type=int,
+        nargs=2,
+        help="variable rate: train each crop at a random latent gain step in this range",
+    )
+    train.add_argument(
+        "--gain-slope",
+        type=float,
+        default=2.0,
+        help="variable rate: lambda multiplies by r^(slope * step), r = one gain step",
+    )
     train.add_argument("--slices", type=int, default=6, help="channel-conditional: y slices")
     train.add_argument(
         "--slice-hidden", type=int, default=96, help="channel-conditional: slice transform width"
@@ -127,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             kind=kind,
             arch=arch,
             devices=args.devices,
+            gain_steps=tuple(args.gain_steps) if args.gain_steps else None,
+            gain_slope=args.gain_slope,
         )
         train(config)
     elif args.command == "context":

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from pillow_kae import models
+from pillow_kae.models.hyperprior import LOG_GAIN_RATIO
 from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
 from training.data import list_images, load_images, random_crops
 from training.lineage import CHECKPOINT, STATE, init_history
@@ -51,6 +52,8 @@ class TrainConfig:
     kind: str = "mean-scale-hyperprior"
     arch: dict = field(default_factory=dict)
     devices: int = 1
+    gain_steps: tuple[int, int] | None = None  # variable-rate training over these steps
+    gain_slope: float = 2.0  # lambda multiplies by r^(gain_slope * step)
 
 
 def data_parallel(devices: int, batch: int) -> contextlib.AbstractContextManager:
@@ -91,9 +94,30 @@ def rate_loss(y_true: object, y_pred: object) -> object:
     return y_pred
 
 
-def _batches(crops: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def _batches(
+    crops: Iterator[np.ndarray], config: TrainConfig
+) -> Iterator[tuple[object, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Keras batches: inputs, targets and per-sample loss weights.
+
+    With ``gain_steps`` each crop is trained at a random latent gain step s, as the quality
+    ladder codes with the model, and its distortion weighs r^(gain_slope * s) times the
+    base lambda: one model learns the whole range of rates the ladder asks of it.
+    """
+    rng = np.random.default_rng(config.seed + 1)
     for x in crops:
-        yield x, {"x_hat": x, "bpp": np.zeros((x.shape[0],), np.float32)}
+        batch = x.shape[0]
+        targets = {"x_hat": x, "bpp": np.zeros((batch,), np.float32)}
+        if config.gain_steps is None:
+            ones = np.ones(batch, np.float32)
+            yield x, targets, {"x_hat": ones.reshape(batch, 1, 1), "bpp": ones}
+            continue
+        low, high = config.gain_steps
+        steps = rng.integers(low, high + 1, batch).astype(np.float32)
+        weights = np.exp(config.gain_slope * LOG_GAIN_RATIO * steps).astype(np.float32)
+        inputs = (x, steps.reshape(batch, 1, 1, 1))
+        # (batch, 1, 1): Keras weighs the per-pixel MSE, which is (batch, height, width)
+        ones = np.ones(batch, np.float32)
+        yield inputs, targets, {"x_hat": weights.reshape(batch, 1, 1), "bpp": ones}
 
 
 class _Progress(keras.callbacks.Callback):
@@ -210,7 +234,7 @@ def train(config: TrainConfig) -> Path:
     first_epoch = start_step // config.steps_per_epoch
     epochs = math.ceil(config.steps / config.steps_per_epoch)
     model.fit(
-        _batches(crops),
+        _batches(crops, config),
         steps_per_epoch=config.steps_per_epoch,
         initial_epoch=first_epoch,
         epochs=epochs,

@@ -33,13 +33,6 @@ def log_scale_thresholds() -> np.ndarray:
     return (logs[:-1] + logs[1:]) / 2
 
 
-def scales_from_log(log_scales: object) -> object:
-    """Training-time scales from the hyper-decoder's log-scale output, clipped to the table."""
-    from keras import ops
-
-    return ops.exp(ops.clip(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX))
-
-
 def _standard_cdf(v: object) -> object:
     from keras import ops
 

@@ -18,16 +18,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from pillow_kae.entropy_models.gaussian_conditional import (
-    LOG_SCALE_MAX,
-    LOG_SCALE_MIN,
-    SCALE_LEVELS,
-    gaussian_likelihood,
-)
-from pillow_kae.models.hyperprior import MeanScaleHyperprior, _ste_round
-
-# log of the ratio between neighbouring scale-table entries: one gain step
-LOG_GAIN_RATIO = (LOG_SCALE_MAX - LOG_SCALE_MIN) / (SCALE_LEVELS - 1)
+from pillow_kae.models.hyperprior import MeanScaleHyperprior
 
 
 def slice_transform(slice_channels: int, hidden: int, name: str) -> keras.Sequential:
@@ -75,40 +66,20 @@ class ChannelConditionalHyperprior(MeanScaleHyperprior):
         delta = self.slice_transforms[i](ops.concatenate([means, log_scales, *decoded], -1))
         return means + delta[..., :c], log_scales + delta[..., c:]
 
-    def latent_bits(self, y: object, hyper: object, gain_steps: object, training: bool) -> tuple:
-        """Bits of each element of y (and y_hat) at latent gain r^step, slice by slice.
-
-        ``gain_steps`` broadcasts against y; the gained residual is coded on unit bins with the
-        gained scale clipped to the table, as the codec does with table indices.
-        """
-        gains = ops.exp(gain_steps * LOG_GAIN_RATIO)
+    def latent_bits(
+        self, y: object, hyper: object, gain_steps: object, training: bool
+    ) -> tuple[object, object]:
+        """As the hyperprior's, slice after slice: each slice's parameters see the previous
+        slices as the decoder has them."""
         c = self.slice_channels
         decoded, bits = [], []
         for i in range(self.slices):
-            y_i = y[..., i * c : (i + 1) * c]
             means, log_scales = self.slice_params(hyper, decoded, i)
-            scales = ops.exp(
-                ops.clip(log_scales + gain_steps * LOG_GAIN_RATIO, LOG_SCALE_MIN, LOG_SCALE_MAX)
-            )
-            residual = gains * (y_i - means)
-            noisy = residual + self._noise(residual) if training else ops.round(residual)
-            bits.append(-ops.log2(gaussian_likelihood(noisy, scales)))
-            # What the decoder has: its gradient would only reach the means through a round.
-            decoded.append(ops.stop_gradient(means + ops.round(residual) / gains))
+            y_i = y[..., i * c : (i + 1) * c]
+            slice_bits, y_hat = self.code_latents(y_i, means, log_scales, gain_steps, training)
+            bits.append(slice_bits)
+            decoded.append(y_hat)
         return ops.concatenate(bits, -1), ops.concatenate(decoded, -1)
-
-    def call(self, x: object, training: bool = False) -> dict[str, object]:
-        """x in [0, 1], (B, H, W, 3) with H, W multiples of 64 -> {'x_hat', 'bpp'} at gain 1."""
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_rate = z + self._noise(z) if training else ops.round(z)
-        hyper = self.h_s(_ste_round(z))
-        bits_y, decoded = self.latent_bits(y, hyper, ops.zeros_like(y[..., :1]), training)
-        x_hat = self.g_s(y + ops.stop_gradient(decoded - y))  # straight-through rounding
-        shape = ops.shape(x)
-        pixels = ops.cast(shape[1] * shape[2], "float32")
-        bits_z = ops.sum(-ops.log2(self.entropy_bottleneck(z_rate)), axis=(1, 2, 3))
-        return {"x_hat": x_hat, "bpp": (ops.sum(bits_y, axis=(1, 2, 3)) + bits_z) / pixels}
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -18,11 +18,18 @@ import keras
 from keras import layers, ops
 
 from pillow_kae.entropy_models.entropy_bottleneck import EntropyBottleneck
-from pillow_kae.entropy_models.gaussian_conditional import gaussian_likelihood, scales_from_log
+from pillow_kae.entropy_models.gaussian_conditional import (
+    LOG_SCALE_MAX,
+    LOG_SCALE_MIN,
+    SCALE_LEVELS,
+    gaussian_likelihood,
+)
 from pillow_kae.layers import GDN, SubpixelConv2D
 
 STRIDE = 16
 HYPER_STRIDE = 4
+# log of the ratio between neighbouring scale-table entries: what one gain step multiplies
+LOG_GAIN_RATIO = (LOG_SCALE_MAX - LOG_SCALE_MIN) / (SCALE_LEVELS - 1)
 
 
 def _ste_round(x: object) -> object:
@@ -111,25 +118,52 @@ class MeanScaleHyperprior(keras.Model):
     def _noise(self, like: object) -> object:
         return keras.random.uniform(ops.shape(like), -0.5, 0.5, seed=self.noise_seed)
 
-    def call(self, x: object, training: bool = False) -> dict[str, object]:
-        """x in [0, 1], (B, H, W, 3) with H, W multiples of 64 -> {'x_hat', 'bpp'}."""
+    def latent_bits(
+        self, y: object, hyper: object, gain_steps: object, training: bool
+    ) -> tuple[object, object]:
+        """Bits of each element of y, and y_hat, when y is coded at latent gain r^step.
+
+        ``gain_steps`` broadcasts against y (zeros: the rate the model is trained for).
+        """
+        means, log_scales = self.split_params(hyper)
+        return self.code_latents(y, means, log_scales, gain_steps, training)
+
+    def code_latents(
+        self, y: object, means: object, log_scales: object, gain_steps: object, training: bool
+    ) -> tuple[object, object]:
+        """(bits, y_hat) of y given its means and log-scales, as the codec codes it.
+
+        The residual around the means is multiplied by the gain and coded on unit bins, with
+        the scale-table index shifted by the step (so the gained scale is clipped to the
+        table); y_hat divides the gain back out. Training adds uniform noise for the rate.
+        """
+        log_gains = gain_steps * LOG_GAIN_RATIO
+        gains = ops.exp(log_gains)
+        scales = ops.exp(ops.clip(log_scales + log_gains, LOG_SCALE_MIN, LOG_SCALE_MAX))
+        residual = gains * (y - means)
+        noisy = residual + self._noise(residual) if training else ops.round(residual)
+        y_hat = means + ops.round(residual) / gains
+        return -ops.log2(gaussian_likelihood(noisy, scales)), ops.stop_gradient(y_hat)
+
+    def call(self, inputs: object, training: bool = False) -> dict[str, object]:
+        """x in [0, 1], (B, H, W, 3) with H, W multiples of 64 -> {'x_hat', 'bpp'}.
+
+        ``inputs`` is x, or (x, gain steps of shape (B, 1, 1, 1)) to train at several rates
+        at once, as the quality ladder uses the model.
+        """
+        x, gain_steps = inputs if isinstance(inputs, tuple | list) else (inputs, None)
         y = self.g_a(x)
         z = self.h_a(y)
         z_rate = z + self._noise(z) if training else ops.round(z)
-        z_hat = _ste_round(z)
-        means, log_scales = self.split_params(self.h_s(z_hat))
-        scales = scales_from_log(log_scales)
-        y_rate = (y + self._noise(y)) if training else ops.round(y - means) + means
-        y_hat = _ste_round(y - means) + means
-        y_likelihood = gaussian_likelihood(y_rate - means, scales)
-        z_likelihood = self.entropy_bottleneck(z_rate)
-        x_hat = self.g_s(y_hat)
-
+        hyper = self.h_s(_ste_round(z))
+        if gain_steps is None:
+            gain_steps = ops.zeros_like(y[..., :1])
+        bits_y, y_hat = self.latent_bits(y, hyper, gain_steps, training)
+        x_hat = self.g_s(y + ops.stop_gradient(y_hat - y))  # straight-through rounding
         shape = ops.shape(x)
         pixels = ops.cast(shape[1] * shape[2], "float32")
-        bits_y = ops.sum(-ops.log2(y_likelihood), axis=(1, 2, 3))
-        bits_z = ops.sum(-ops.log2(z_likelihood), axis=(1, 2, 3))
-        return {"x_hat": x_hat, "bpp": (bits_y + bits_z) / pixels}
+        bits_z = ops.sum(-ops.log2(self.entropy_bottleneck(z_rate)), axis=(1, 2, 3))
+        return {"x_hat": x_hat, "bpp": (ops.sum(bits_y, axis=(1, 2, 3)) + bits_z) / pixels}
 
     def get_config(self) -> dict:
         config = super().get_config()
