@@ -10,7 +10,9 @@ quality 75:
 1. warm, in this process: median encode and decode time per image over ``--repeat`` runs
    after an untimed warm-up, and megapixels per second;
 2. cold: a fresh Python process that opens and loads one file (interpreter start, imports
-   and model build included), and ``kae decode x.kae x.png`` as a user runs it;
+   and model build included), and ``kae decode x.kae x.png`` as a user runs it; .kae once
+   with the runtime's graph cache filled by an earlier process, once with it empty (the
+   first use after installing);
 3. large: a ``--size`` photo (Kodak images tiled) encoded and decoded, each in a fresh
    process, wall time with process start and peak RSS of that process.
 
@@ -37,6 +39,7 @@ from PIL import Image
 
 import pillow_kae  # noqa: F401  (registers the plugin)
 from pillow_kae.bench.codecs import registry
+from pillow_kae.runtime.cache import CACHE_ENV
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -120,11 +123,19 @@ def warm(images: list[Path], codecs: list[str], repeat: int) -> list[dict]:
     return rows
 
 
-def _wall(argv: list[str], repeat: int) -> float:
+def _wall(argv: list[str], repeat: int, cache: Path | None = None) -> float:
+    """Median wall time of a fresh process; ``cache``: the runtime's graph cache folder
+    (None: a new, empty one for every run, as on the first use after installing)."""
+    if cache is not None:  # fill it, untimed
+        subprocess.run(
+            argv, check=True, capture_output=True, env={**os.environ, CACHE_ENV: str(cache)}
+        )
     times = []
     for _ in range(repeat):
+        folder = cache or Path(tempfile.mkdtemp(prefix="kae-cold-"))
+        env = {**os.environ, CACHE_ENV: str(folder)}
         start = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True)
+        subprocess.run(argv, check=True, capture_output=True, env=env)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -141,9 +152,11 @@ def cold(image: Path, tmp: Path, repeat: int) -> dict[str, float]:
             fmt, options = _settings(name)
             rgb.save(path, fmt, **options)
         code = f"from PIL import Image; import pillow_kae; Image.open({str(path)!r}).load()"
-        out[f"open_load_{name}_s"] = _wall([sys.executable, "-c", code], repeat)
+        out[f"open_load_{name}_s"] = _wall([sys.executable, "-c", code], repeat, tmp)
+        if name == "kae":
+            out["open_load_kae_first_s"] = _wall([sys.executable, "-c", code], repeat)
     cli = [sys.executable, "-m", "pillow_kae.cli", "decode", str(tmp / "cold.kae")]
-    out["kae_decode_cli_s"] = _wall([*cli, str(tmp / "cold_out.png")], repeat)
+    out["kae_decode_cli_s"] = _wall([*cli, str(tmp / "cold_out.png")], repeat, tmp)
     return out
 
 
@@ -212,6 +225,7 @@ def markdown(result: dict) -> str:
             "| fresh process | seconds |",
             "|---|---:|",
             f"| open + load a .kae | {c['open_load_kae_s']:.2f} |",
+            f"| the same, first use (empty graph cache) | {c['open_load_kae_first_s']:.2f} |",
             f"| open + load a PNG | {c['open_load_png_s']:.2f} |",
             f"| open + load an AVIF | {c['open_load_avif_s']:.2f} |",
             f"| `kae decode x.kae x.png` | {c['kae_decode_cli_s']:.2f} |",

@@ -9,11 +9,9 @@ atomically, and a failed file is reported without stopping the others.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from pillow_kae import container
+from pillow_kae.atomic import write_atomic
 from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY, FORMAT
 from pillow_kae.runtime.session import THREADS_ENV
 
@@ -48,23 +47,6 @@ class ConversionError(OSError):
 
 
 # -- one file -------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, so a failure leaves no partial file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def open_image(path: Path) -> Image.Image:

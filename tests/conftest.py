@@ -8,6 +8,8 @@ encodes.
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,9 @@ import pytest
 from PIL import Image
 
 import pillow_kae  # noqa: F401  (registers the KAE plugin)
+
+# The runtime's graph cache goes to a fresh folder: tests never read or fill the user's.
+os.environ["KAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="kae-graph-cache-")
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae import codec, models
-from pillow_kae.runtime import graph
+from pillow_kae.runtime import cache, graph
 from pillow_kae.runtime.session import Transform
 from pillow_kae.zoo import installed, loader
 from pillow_kae.zoo.weights import weights_to_arrays
@@ -133,3 +133,52 @@ def test_decoding_never_imports_tensorflow(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", "a successful decode and encode print nothing"
     assert decode(path.read_bytes()).size == (80, 64)
+
+
+def _fresh(name: str = "kae-low") -> loader.CodecModel:
+    """A model object with nothing built yet (``loader.load`` caches one per process)."""
+    shipped = loader.load(name)
+    return loader.CodecModel(shipped.card, shipped.arrays)
+
+
+def test_graph_cache_serves_a_fresh_process(tmp_path, monkeypatch) -> None:
+    """The second build of a transform comes from the cache, and computes the same."""
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    y = np.random.default_rng(2).normal(0, 2, (1, 4, 4, 192)).astype(np.float32)
+    expected = _fresh().transform("g_s")(y)
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+
+    def no_build(*args: object) -> bytes:
+        raise AssertionError("built again despite the cache")
+
+    monkeypatch.setattr(graph, "build", no_build)
+    np.testing.assert_array_equal(_fresh().transform("g_s")(y), expected)
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    y = np.random.default_rng(3).normal(0, 2, (1, 4, 4, 192)).astype(np.float32)
+    expected = _fresh().transform("g_s")(y)
+    (entry,) = tmp_path.glob("*.onnx")
+    entry.write_bytes(entry.read_bytes()[:1000])
+    np.testing.assert_array_equal(_fresh().transform("g_s")(y), expected)
+
+
+@pytest.mark.parametrize("setting", ["off", "file"])
+def test_no_cache_when_off_or_unwritable(tmp_path, monkeypatch, setting: str) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv(cache.CACHE_ENV, "off" if setting == "off" else str(blocker / "sub"))
+    y = np.zeros((1, 4, 4, 192), np.float32)
+    assert _fresh().transform("g_s")(y).shape == (1, 64, 64, 3)
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_cache_key_names_everything_that_shapes_the_graph() -> None:
+    card = loader.load("kae-low").card
+    layers = card.graph["g_s"]
+    base = cache.key(layers, card.sha256, "g_s")
+    assert base == cache.key(layers, card.sha256, "g_s")
+    assert base != cache.key(layers, "0" * 64, "g_s")
+    assert base != cache.key(layers[:-1], card.sha256, "g_s")
+    assert base != cache.key(layers, card.sha256, "g_a")

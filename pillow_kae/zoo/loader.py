@@ -7,10 +7,9 @@ Keras model (hence TensorFlow) is built only when asked for, by training and the
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -22,10 +21,10 @@ from pillow_kae.entropy_models.fixed_point import (
     FixedPointSliceTransforms,
 )
 from pillow_kae.entropy_models.tables import PmfTables
-from pillow_kae.runtime import graph
+from pillow_kae.runtime import cache, graph
 from pillow_kae.runtime.session import Transform
 from pillow_kae.zoo import ModelCard, card
-from pillow_kae.zoo.weights import load_arrays
+from pillow_kae.zoo.weights import LazyArrays
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class CodecModel:
     """
 
     card: ModelCard
-    arrays: dict[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray]
     _parts: dict[str, object] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -75,7 +74,18 @@ class CodecModel:
                 f"the card of KAE model {self.name!r} has no inference graph for {name!r}; "
                 "write it with `python -m training describe`"
             )
-        return Transform(graph.build(layers, self.arrays, name), f"{self.name}/{name}")
+        label = f"{self.name}/{name}"
+        entry = cache.key(layers, self.card.sha256, name)
+        model = cache.cached(entry, lambda: graph.build(layers, self.arrays, name))
+        try:
+            return Transform(model, label)
+        except Exception as err:
+            if isinstance(model, bytes):  # just built: a real error
+                raise
+            # A damaged cache entry (ONNX Runtime raises its own types): build it again.
+            log.warning("rebuilding damaged cached graph %s: %s", model, err)
+            cache.evict(entry)
+            return Transform(graph.build(layers, self.arrays, name), label)
 
     @property
     def keras_model(self) -> object:
@@ -174,6 +184,6 @@ def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
             if hashlib.sha256(data).hexdigest() != model_card.sha256:
                 raise OSError(f"weights file of KAE model {name!r} is damaged (hash mismatch)")
             # Parse the very bytes that were verified, not a second read of the file.
-            _cache[key] = CodecModel(model_card, load_arrays(io.BytesIO(data)))
+            _cache[key] = CodecModel(model_card, LazyArrays(data))
             log.debug("loaded KAE model %s", name)
         return _cache[key]

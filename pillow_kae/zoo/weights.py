@@ -8,6 +8,8 @@ Large arrays are stored as float16 (halves the shipped size; the loss in PSNR is
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -44,8 +46,36 @@ def load_arrays(path: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+class LazyArrays(Mapping[str, np.ndarray]):
+    """The arrays of an in-memory ``.npz``, each decompressed on first use, then kept.
+
+    Decoding needs g_s, h_s and the tables, not g_a and h_a; a process that only decodes
+    (and finds g_s in the graph cache) never pays for the rest.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._file = np.load(io.BytesIO(data), allow_pickle=False)
+        self._keys = tuple(self._file.files)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()  # the zip reader is not thread-safe
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        with self._lock:
+            if key not in self._arrays:
+                if key not in self._keys:
+                    raise KeyError(key)
+                self._arrays[key] = self._file[key]
+            return self._arrays[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def assign_weights(
-    model: object, arrays: dict[str, np.ndarray], missing_ok: tuple[str, ...] = ()
+    model: object, arrays: Mapping[str, np.ndarray], missing_ok: tuple[str, ...] = ()
 ) -> None:
     """Set every model variable from ``arrays``; a missing or misshaped array is an error,
     except that variables under the ``missing_ok`` prefixes keep their initial values."""
