@@ -56,15 +56,6 @@ class CliError(Exception):
 # Helpers
 
 
-def _describe(err: BaseException) -> str:
-    """One line for ``kae: error:``."""
-    if isinstance(err, OSError) and err.strerror and err.filename is not None:
-        message = f"{os.fsdecode(err.filename)}: {err.strerror}"
-    else:
-        message = str(err) or type(err).__name__
-    return " ".join(message.split())
-
-
 def _choose(quality: int, model: str | None) -> tuple[str, int]:
     """The rate point for the options; a bad quality or model is the user's error."""
     try:
@@ -146,8 +137,7 @@ def _convert_many(
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = args.jobs or os.cpu_count() or 1
     with tqdm(total=len(jobs), unit="file", disable=not sys.stderr.isatty()) as bar:
-        summary = convert.convert(jobs, work, workers, args.force, progress=bar.update)
-    summary.failures = sorted(summary.failures + refused)
+        summary = convert.convert(jobs, work, workers, args.force, bar.update, refused)
     for _, message in summary.failures:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     print(summary.line("encoded" if args.command == "encode" else "decoded"))
@@ -306,7 +296,9 @@ def cmd_surprise(args: argparse.Namespace) -> int:
                     im, model=args.model, quality=args.quality, reference=args.reference
                 )
         except (CliError, *_INPUT_ERRORS) as err:
-            _report(err if isinstance(err, CliError) else CliError(f"{name}: {_describe(err)}"))
+            _report(
+                err if isinstance(err, CliError) else CliError(f"{name}: {convert.error_line(err)}")
+            )
             failed = True
             continue
         print(f"{score:.4f}\t{name}")
@@ -470,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report(err: BaseException) -> None:
     log.debug("details", exc_info=err)
-    print(f"{PROG}: error: {_describe(err)}", file=sys.stderr)
+    print(f"{PROG}: error: {convert.error_line(err)}", file=sys.stderr)
 
 
 def _configure_logging(verbosity: int) -> None:

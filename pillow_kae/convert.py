@@ -119,8 +119,12 @@ def decode_file(src: Path, dst: Path, fmt: str | None = None) -> int:
     """Decode one ``.kae`` into ``dst`` (format from its extension unless given), with its
     metadata where the format takes it; returns the bytes written."""
     fmt = fmt or output_format(dst)
-    read_kae_header(src)  # a clear message for a broken header, before Pillow's generic one
-    with Image.open(src, formats=[FORMAT]) as im:
+    try:
+        im = Image.open(src, formats=[FORMAT])
+    except Image.UnidentifiedImageError:
+        read_kae_header(src)  # raises the header's own message, clearer than Pillow's
+        raise
+    with im:
         im.load()
         options = {
             key: im.info[key]
@@ -227,7 +231,9 @@ def run_job(work: Callable[[Path, Path], int], job: Job) -> Result:
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         return Result(size, work(job.src, job.dst))
     except INPUT_ERRORS as err:
-        message = str(err) if isinstance(err, ConversionError) else f"{job.src}: {_say(err)}"
+        message = (
+            str(err) if isinstance(err, ConversionError) else f"{job.src}: {error_line(err, False)}"
+        )
         return Result(error=message)
 
 
@@ -236,10 +242,14 @@ def pending(jobs: Sequence[Job], force: bool = False) -> list[Job]:
     return [job for job in jobs if force or not job.dst.exists()]
 
 
-def _say(err: BaseException) -> str:
+def error_line(err: BaseException, with_filename: bool = True) -> str:
+    """An error as one line; an OSError's file name only ``with_filename`` (the caller may
+    already name the file)."""
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
-        return err.strerror
-    return " ".join((str(err) or type(err).__name__).split())
+        message = f"{os.fsdecode(err.filename)}: {err.strerror}" if with_filename else err.strerror
+    else:
+        message = str(err) or type(err).__name__
+    return " ".join(message.split())
 
 
 def _worker_init(threads: int) -> None:
@@ -252,12 +262,14 @@ def summarize(
     force: bool,
     outcomes: Callable[[list[Job]], Iterator[tuple[Job, Result]]],
     progress: Callable[[int], None] | None = None,
+    refused: Sequence[tuple[Path, str]] = (),
 ) -> Summary:
     """Skip the finished jobs, run the rest through ``outcomes`` (whatever executes them:
-    this process, a process pool, a cluster), and count what happened."""
+    this process, a process pool, a cluster), and count what happened; ``refused`` (from
+    ``plan``) are failures from the start."""
     start = time.perf_counter()
     todo = pending(jobs, force)
-    summary = Summary(skipped=len(jobs) - len(todo))
+    summary = Summary(skipped=len(jobs) - len(todo), failures=list(refused))
     if progress and summary.skipped:
         progress(summary.skipped)
     for job, result in outcomes(todo):
@@ -295,13 +307,14 @@ def convert(
     workers: int = 1,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    refused: Sequence[tuple[Path, str]] = (),
 ) -> Summary:
     """Run ``work(src, dst)`` for each job in ``workers`` processes; never raises for a file.
 
     ``work`` must be picklable (a module-level function or a ``functools.partial`` of one).
     Each worker gets an equal share of the cores for the runtime's threads.
     """
-    return summarize(jobs, force, partial(_in_processes, work, workers), progress)
+    return summarize(jobs, force, partial(_in_processes, work, workers), progress, refused)
 
 
 def encoder(

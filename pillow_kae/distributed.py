@@ -30,8 +30,10 @@ def run(
     jobs: Sequence[convert.Job],
     work: Callable[[Path, Path], int],
     force: bool = False,
+    refused: Sequence[tuple[Path, str]] = (),
 ) -> convert.Summary:
-    """Run ``work`` for each pending job as a task of ``client``; failures are recorded."""
+    """Run ``work`` for each pending job as a task of ``client``; failures are recorded
+    (``refused``, from ``convert.plan``, among them)."""
     from dask.distributed import as_completed
 
     def outcomes(todo: list[convert.Job]) -> Iterator[tuple[convert.Job, convert.Result]]:
@@ -42,7 +44,7 @@ def run(
         for future, result in as_completed(futures, with_results=True):
             yield job_of[future.key], result
 
-    return convert.summarize(jobs, force, outcomes)
+    return convert.summarize(jobs, force, outcomes, refused=refused)
 
 
 def encode_files(
@@ -57,9 +59,7 @@ def encode_files(
     jobs, refused = convert.plan(
         [Path(p) for p in inputs], Path(out_dir), convert.KAE_SUFFIX, convert.is_image
     )
-    summary = run(client, jobs, convert.encoder(quality, model), force)
-    summary.failures = sorted(summary.failures + refused)
-    return summary
+    return run(client, jobs, convert.encoder(quality, model), force, refused)
 
 
 def decode_files(
@@ -72,6 +72,4 @@ def decode_files(
     """Decode ``.kae`` files (or folders of them) into ``out_dir`` in Pillow format ``fmt``."""
     suffix = convert.format_extension(fmt)
     jobs, refused = convert.plan([Path(p) for p in inputs], Path(out_dir), suffix, convert.is_kae)
-    summary = run(client, jobs, convert.decoder(fmt), force)
-    summary.failures = sorted(summary.failures + refused)
-    return summary
+    return run(client, jobs, convert.decoder(fmt), force, refused)
