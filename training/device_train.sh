@@ -7,7 +7,7 @@
 # INIT=dir (holding NAME/checkpoint.npz) or WARM=1 (pillow_kae/weights/kae-NAME.npz, or
 # kae-FROM.npz when the spec names one: a new rate point warm-started from a shipped one).
 # ARCH=channel-conditional trains y in channel slices (its slice transforms start at zero
-# when warm-started from a plain hyperprior).
+# when warm-started from a plain hyperprior); GAIN="LOW HIGH" trains variable-rate.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -26,12 +26,14 @@ for spec in "${specs[@]}"; do
     from=$name
     [ "$rest" = "$lmbda" ] || from=${rest#*:}
     init=()
+    gain=()
+    [ -z "${GAIN:-}" ] || read -r -a gain <<< "--gain-steps $GAIN"
     if [ -n "${INIT:-}" ]; then
         init=(--init "$INIT/$name/checkpoint.npz")
     elif [ -n "${WARM:-}" ]; then
         init=(--init "pillow_kae/weights/kae-$from.npz")  # the shipped weights
     fi
-    python3 -m training train "${init[@]}" --arch "${ARCH:-hyperprior}" --data "${data[@]}" --weights "${weights[@]}" \
+    python3 -m training train "${init[@]}" "${gain[@]}" --arch "${ARCH:-hyperprior}" --data "${data[@]}" --weights "${weights[@]}" \
         --lmbda "$lmbda" --steps "${STEPS:-1000000}" --minutes "${MINUTES:-7}" \
         --out "$OUT/$name" --lr "${LR:-3e-4}" --workers 5 --patch "${PATCH:-192}" \
         --batch "${BATCH:-16}" --steps-per-epoch "${SPE:-200}" 2>&1 \
