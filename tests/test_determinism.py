@@ -127,6 +127,51 @@ WORKER = textwrap.dedent(
                 pixels=pixels,
             )
 
+    elif role == "slices":
+        from dataclasses import replace
+
+        from pillow_kae import codec
+        from pillow_kae.zoo import loader
+
+        mode, arrays_path, pixels_path, payload_path, out_path = sys.argv[2:7]
+        base = loader.load("kae-mid")
+        extra = dict(np.load(arrays_path))
+        arch = {**base.card.arch, "slices": int(extra.pop("slices")), "slice_hidden": 8}
+        card = replace(base.card, kind="channel-conditional", arch=arch)
+        model = loader.CodecModel(card, {**base.arrays, **extra})
+        seen = {"values": [], "tables": []}
+
+        def spy(name):
+            original = getattr(model.y_coder, name)
+
+            def call(coder, *args):
+                out = original(coder, *args)
+                values = args[0] if name == "encode" else out
+                seen["values"].append(np.ravel(values).astype(np.int64))
+                seen["tables"].append(np.ravel(args[-1]))
+                return out
+
+            setattr(model.y_coder, name, call)
+
+        pixels = np.load(pixels_path)
+        height, width = pixels.shape[:2]
+        if mode == "encode":
+            spy("encode")
+            payloads = codec.encode_image(model, pixels, -2, 64)
+            np.savez(payload_path, *[np.frombuffer(p, np.uint8) for p in payloads])
+            decoded = np.zeros_like(pixels)
+        else:
+            spy("decode")
+            with np.load(payload_path) as stored:
+                payloads = [stored[f"arr_{i}"].tobytes() for i in range(len(stored.files))]
+            decoded = codec.decode_image(model, payloads, width, height, -2, 64, 3)
+        np.savez(
+            out_path,
+            values=np.concatenate(seen["values"]),
+            tables=np.concatenate(seen["tables"]),
+            pixels=decoded,
+        )
+
     elif role == "hyper":
         from pillow_kae.entropy_models.fixed_point import FixedPointHyperSynthesis
         from pillow_kae.zoo import card
@@ -229,6 +274,32 @@ def test_symbols_identical_across_processes(cross_process, encoded_under):
         assert np.array_equal(dec["y"], enc["y"].astype(np.int64))
         assert np.array_equal(dec["y_tables"], enc["y_tables"])
     assert np.array_equal(dec_a["means"], dec_b["means"])
+
+
+def test_channel_conditional_symbols_identical_across_processes(worker, tmp_path, smooth):
+    """The integer slice transforms pick the same tables in every process and setting:
+    encoded under one, decoded under two others, four tiles, gain step -2."""
+    from tests.test_channel_conditional import slice_arrays
+
+    arrays = slice_arrays(192, 4, 8, scale=0.3, seed=7)
+    np.savez(tmp_path / "slices.npz", slices=4, **arrays)
+    pixels = smooth(96, 80, 3, seed=6, noise=6.0)
+    np.save(tmp_path / "pixels.npy", pixels)
+    common = (tmp_path / "slices.npz", tmp_path / "pixels.npy", tmp_path / "payloads.npz")
+    _finish(_start(worker, "A", "slices", "encode", *common, tmp_path / "enc.npz"))
+    decoders = [
+        _start(worker, env, "slices", "decode", *common, tmp_path / f"dec{env}.npz")
+        for env in ("B", "blas1")
+    ]
+    _finish(*decoders)
+    enc = np.load(tmp_path / "enc.npz")
+    assert enc["values"].size == 8 * 8 * 192  # padded to 128x128: 8x8 latents in 2x2 tiles
+    for env in ("B", "blas1"):
+        dec = np.load(tmp_path / f"dec{env}.npz")
+        assert np.array_equal(dec["values"], enc["values"]), env
+        assert np.array_equal(dec["tables"], enc["tables"]), env
+    pixels_b, pixels_c = (np.load(tmp_path / f"dec{e}.npz")["pixels"] for e in ("B", "blas1"))
+    assert _max_difference(pixels_b, pixels_c) <= PIXEL_TOLERANCE
 
 
 # The symbols are exact everywhere; pixels come from the float g_s, whose rounding may
