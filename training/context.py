@@ -229,6 +229,7 @@ def train_context(config: ContextConfig) -> Path:
         epochs=config.steps // epoch_steps,
         callbacks=[Report()],
         verbose=0,
+        shuffle=False,  # a generator: the crops are random already
     )
     write_run(run, model, config, (time.monotonic() - start) / 60)
     return run

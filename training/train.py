@@ -240,6 +240,7 @@ def train(config: TrainConfig) -> Path:
         epochs=epochs,
         callbacks=[progress],
         verbose=0,
+        shuffle=False,  # a generator: the crops are random already
     )
     progress.save()
     return run
