@@ -1,0 +1,91 @@
+"""A channel-conditional run against the shipped model it was built on: coded bytes, PSNR, time.
+
+    python -m benchmarks.context RUN [--steps=-4,-2,0,2] [--folder DIR] [--every N]
+
+RUN is a ``python -m training context`` run directory: the shipped transforms of its model
+plus its slice transforms, as ``training export`` would ship them (big arrays as float16).
+Both models code every image through the codec (``codec.encode_image`` / ``decode_image``:
+real bytes, not estimates) at each latent gain step; prints the curves, the BD-rate of the
+run against the shipped model and the decode seconds per image of each, so a run can be
+judged before it is exported (export changes the model's weights hash: its old files stop
+decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarks.rd import test_images
+from pillow_kae import codec
+from pillow_kae.bench.bd import bd_rate
+from pillow_kae.bench.metrics import psnr
+from pillow_kae.zoo import loader
+from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays
+
+
+def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
+    """(the shipped model, the same with the run's slice transforms)."""
+    state = json.loads((run / "state.json").read_text())
+    shipped = loader.load(state["config"]["model"])
+    slices = {
+        key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value
+        for key, value in load_arrays(run / "checkpoint.npz").items()
+        if key.startswith("slice")
+    }
+    card = replace(shipped.card, kind="channel-conditional", arch=state["config"]["arch"])
+    return shipped, loader.CodecModel(card, {**shipped.arrays, **slices})
+
+
+def curve(
+    model: loader.CodecModel, images: list[np.ndarray], steps: list[int]
+) -> tuple[list[tuple[float, float]], float]:
+    """(bpp, PSNR) per gain step, averaged over images; and decode seconds per image."""
+    points, seconds = [], 0.0
+    for step in steps:
+        bits, scores = 0.0, []
+        for pixels in tqdm(images, desc=f"{model.kind} {step:+d}", leave=False):
+            height, width = pixels.shape[:2]
+            payloads = codec.encode_image(model, pixels, step)
+            start = time.perf_counter()
+            decoded = codec.decode_image(
+                model, payloads, width, height, step, codec.TILE_SIZE, codec.format_version(model)
+            )
+            seconds += time.perf_counter() - start
+            bits += 8 * sum(map(len, payloads)) / (width * height)
+            scores.append(psnr(pixels, decoded))
+        points.append((bits / len(images), float(np.mean(scores))))
+    return points, seconds / (len(images) * len(steps))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--steps", default="-4,-2,0,2", help="latent gain steps")
+    parser.add_argument("--folder", type=Path, default=None)
+    parser.add_argument("--every", type=int, default=1, help="every N-th image")
+    args = parser.parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",")]
+    folder, paths = test_images(args.folder, args.every)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    shipped, conditional = run_model(args.run)
+    print(f"{len(images)} images from {folder}; {shipped.name} against {args.run}")
+    base, base_s = curve(shipped, images, steps)
+    test, test_s = curve(conditional, images, steps)
+    print("| gain step | shipped bpp | dB | with slices bpp | dB |")
+    print("|---:|---:|---:|---:|---:|")
+    for step, (b, p), (tb, tp) in zip(steps, base, test, strict=True):
+        print(f"| {step:+d} | {b:.4f} | {p:.3f} | {tb:.4f} | {tp:.3f} |")
+    print(f"BD-rate of the run against {shipped.name}: {bd_rate(base, test):+.2f} %")
+    print(f"decode seconds per image: {base_s:.3f} shipped, {test_s:.3f} with slices")
+
+
+if __name__ == "__main__":
+    main()
