@@ -119,6 +119,11 @@ def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["config"]["kind"] == "channel-conditional" and state["step"] == 2
+    more = [*argv[:-1], str(tmp_path / "more"), "--init", str(tmp_path / "run" / "checkpoint.npz")]
+    result = _run(more)  # a run continues another: its card would list both stages
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "more" / "state.json").read_text())["history"]
+    assert history[-1]["note"].startswith("slice transforms only")
     arrays = load_arrays(tmp_path / "run" / "checkpoint.npz")
     shipped = loader.load("kae-low")
     for key, value in shipped.arrays.items():

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     context.add_argument("--lr", type=float, default=1e-3)
     context.add_argument("--kodak", default=None, help="photos to report progress on")
     context.add_argument("--seed", type=int, default=0)
+    context.add_argument("--init", default=None, help="a context run's checkpoint to continue")
 
     export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
     export.add_argument("run")
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 lr=args.lr,
                 kodak=args.kodak,
                 seed=args.seed,
+                init=args.init,
             )
         )
     elif args.command == "describe":

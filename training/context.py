@@ -23,7 +23,12 @@ from tqdm import tqdm
 
 from pillow_kae import codec
 from pillow_kae.zoo.loader import CodecModel, load
-from pillow_kae.zoo.weights import save_weights
+from pillow_kae.zoo.weights import (
+    assign_weights,
+    load_arrays,
+    save_weights,
+    weights_to_arrays,
+)
 from training.data import list_images, load_images
 from training.lineage import CHECKPOINT, STATE, init_history
 
@@ -51,6 +56,7 @@ class ContextConfig:
     scale_range: tuple[float, float] = (0.5, 0.85)
     seed: int = 0
     kodak: str | None = None  # evaluation photos, for the log
+    init: str | None = None  # a context run's checkpoint.npz to continue from
     arch: dict = field(default_factory=dict)
 
 
@@ -189,6 +195,9 @@ def train_context(config: ContextConfig) -> Path:
     latents, evaluation = gather(config, run)
     keras.utils.set_random_seed(config.seed)
     model = context_model(config.model, config.slices, config.hidden)
+    if config.init:  # continue an earlier run's slice transforms (the transforms stay shipped)
+        arrays = {k: v for k, v in load_arrays(config.init).items() if k.startswith("slice")}
+        assign_weights(model, {**weights_to_arrays(model, compact=False), **arrays})
     config.arch = {
         **load(config.model).card.arch,
         "slices": config.slices,
@@ -238,8 +247,8 @@ def train_context(config: ContextConfig) -> Path:
 def write_run(run: Path, model: object, config: ContextConfig, minutes: float) -> None:
     """checkpoint.npz (every weight) and state.json, as ``training export`` reads them."""
     save_weights(model, run / CHECKPOINT, compact=False)
-    init = str(load(config.model).card.path)
     shipped = load(config.model).card
+    init = config.init or str(shipped.path)
     state = {
         "step": config.steps,
         "minutes": round(minutes, 2),
