@@ -23,12 +23,7 @@ from tqdm import tqdm
 
 from pillow_kae import codec
 from pillow_kae.zoo.loader import CodecModel, load
-from pillow_kae.zoo.weights import (
-    assign_weights,
-    load_arrays,
-    save_weights,
-    weights_to_arrays,
-)
+from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
 from training.data import list_images, load_images
 from training.lineage import CHECKPOINT, STATE, init_history
 
@@ -122,17 +117,19 @@ def crops(
         yield ys, hs, extra
 
 
-def context_model(name: str, slices: int, hidden: int) -> object:
-    """A channel-conditional model around the shipped ``name``'s transforms, frozen."""
+def context_model(name: str, slices: int, hidden: int, init: str | None = None) -> object:
+    """A channel-conditional model around the shipped ``name``'s transforms, frozen; its
+    slice transforms start at zero, or continue those of a context run's ``init``."""
     from pillow_kae.models.channel_conditional import ChannelConditionalHyperprior
 
     shipped = load(name)
     model = ChannelConditionalHyperprior(slices=slices, slice_hidden=hidden, **shipped.card.arch)
     model.build()
+    arrays = dict(shipped.arrays)
+    if init:  # the transforms stay the shipped ones
+        arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith("slice"))
+    assign_weights(model, arrays, missing_ok=("slice",))
     for part in (model.g_a, model.g_s, model.h_a, model.h_s, model.entropy_bottleneck):
-        for variable in part.weights:
-            key = variable.path.split("/", 1)[1]
-            variable.assign(shipped.arrays[key].astype(variable.dtype))
         part.trainable = False
     return model
 
@@ -194,10 +191,7 @@ def train_context(config: ContextConfig) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     latents, evaluation = gather(config, run)
     keras.utils.set_random_seed(config.seed)
-    model = context_model(config.model, config.slices, config.hidden)
-    if config.init:  # continue an earlier run's slice transforms (the transforms stay shipped)
-        arrays = {k: v for k, v in load_arrays(config.init).items() if k.startswith("slice")}
-        assign_weights(model, {**weights_to_arrays(model, compact=False), **arrays})
+    model = context_model(config.model, config.slices, config.hidden, config.init)
     config.arch = {
         **load(config.model).card.arch,
         "slices": config.slices,

@@ -107,16 +107,14 @@ def _batches(
     for x in crops:
         batch = x.shape[0]
         targets = {"x_hat": x, "bpp": np.zeros((batch,), np.float32)}
-        if config.gain_steps is None:
-            ones = np.ones(batch, np.float32)
-            yield x, targets, {"x_hat": ones.reshape(batch, 1, 1), "bpp": ones}
-            continue
-        low, high = config.gain_steps
-        steps = rng.integers(low, high + 1, batch).astype(np.float32)
-        weights = np.exp(config.gain_slope * LOG_GAIN_RATIO * steps).astype(np.float32)
-        inputs = (x, steps.reshape(batch, 1, 1, 1))
+        inputs, ones = x, np.ones(batch, np.float32)
+        weights = ones
+        if config.gain_steps is not None:
+            low, high = config.gain_steps
+            steps = rng.integers(low, high + 1, batch).astype(np.float32)
+            weights = np.exp(config.gain_slope * LOG_GAIN_RATIO * steps).astype(np.float32)
+            inputs = (x, steps.reshape(batch, 1, 1, 1))
         # (batch, 1, 1): Keras weighs the per-pixel MSE, which is (batch, height, width)
-        ones = np.ones(batch, np.float32)
         yield inputs, targets, {"x_hat": weights.reshape(batch, 1, 1), "bpp": ones}
 
 

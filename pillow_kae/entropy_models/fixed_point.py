@@ -115,9 +115,6 @@ class FixedPointSliceTransforms:
             [conv(i, 0, True), conv(i, 1, True), conv(i, 2, False)] for i in range(slices)
         ]
 
-    def __len__(self) -> int:
-        return len(self.transforms)
-
     def __call__(self, i: int, inputs: np.ndarray) -> np.ndarray:
         """inputs: (H, W, C_i) int64 activations -> (H, W, 2 * slice channels) corrections."""
         x = np.clip(inputs, -ACTIVATION_LIMIT, ACTIVATION_LIMIT)

@@ -141,8 +141,9 @@ class MeanScaleHyperprior(keras.Model):
         gains = ops.exp(log_gains)
         scales = ops.exp(ops.clip(log_scales + log_gains, LOG_SCALE_MIN, LOG_SCALE_MAX))
         residual = gains * (y - means)
-        noisy = residual + self._noise(residual) if training else ops.round(residual)
-        y_hat = means + ops.round(residual) / gains
+        rounded = ops.round(residual)
+        noisy = residual + self._noise(residual) if training else rounded
+        y_hat = means + rounded / gains
         return -ops.log2(gaussian_likelihood(noisy, scales)), ops.stop_gradient(y_hat)
 
     def call(self, inputs: object, training: bool = False) -> dict[str, object]:

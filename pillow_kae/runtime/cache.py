@@ -11,6 +11,7 @@ the build. ``KAE_CACHE_DIR`` moves it (``off`` disables it); the default follows
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,12 +39,17 @@ def directory() -> Path | None:
     return Path(base) / "pillow-kae" / "graphs"
 
 
+@functools.cache
+def _builder_digest() -> str:
+    """The graph builder's source, read once per process."""
+    return hashlib.sha256(Path(graph.__file__).read_bytes()).hexdigest()
+
+
 def key(layers: list[graph.LayerSpec], weights_sha256: str, name: str) -> str:
     """The entry name: a digest of every input of ``graph.build`` and of the builder."""
     digest = hashlib.sha256()
     digest.update(json.dumps(layers, sort_keys=True).encode())
-    digest.update(f"{weights_sha256}/{name}/{graph.OPSET}".encode())
-    digest.update(Path(graph.__file__).read_bytes())
+    digest.update(f"{weights_sha256}/{name}/{graph.OPSET}/{_builder_digest()}".encode())
     return digest.hexdigest()
 
 
