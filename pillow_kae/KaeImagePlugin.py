@@ -197,13 +197,14 @@ def _metadata(im: Image.Image, key: str) -> bytes | None:
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
-    from pillow_kae import codec
+    from pillow_kae import codec, refinement
     from pillow_kae.zoo import loader
 
     quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
     model_name, gain_step = quality_ladder.choose(
         quality, im.encoderinfo.get("model"), im.encoderinfo.get("gain_step")
     )
+    effort = refinement.check_effort(im.encoderinfo.get("effort", 0))
     exif, icc, xmp = (_metadata(im, k) for k in ("exif", "icc_profile", "xmp"))
     if im.width < 1 or im.height < 1:
         raise ValueError("cannot write an empty image as KAE")
@@ -226,7 +227,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         gain_step=gain_step,
         version=codec.format_version(model),
     )
-    payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE)
+    payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE, effort)
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
     data = container.dumps(
         container.KaeFile(header, payloads, alpha=alpha, exif=exif, icc_profile=icc, xmp=xmp)

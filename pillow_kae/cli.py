@@ -91,10 +91,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     single = _single(args)
     if single is None:
         return _convert_many(
-            args, convert.encoder(args.quality, args.model), convert.KAE_SUFFIX, convert.is_image
+            args,
+            convert.encoder(args.quality, args.model, args.effort),
+            convert.KAE_SUFFIX,
+            convert.is_image,
         )
     _wants(args.jobs, None, "--jobs")
-    convert.encode_file(*single, quality=args.quality, model=args.model)
+    convert.encode_file(*single, quality=args.quality, model=args.model, effort=args.effort)
     return 0
 
 
@@ -279,6 +282,15 @@ def _quality(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid quality {text!r}: not an integer") from None
 
 
+def _effort(text: str) -> int:
+    from pillow_kae.refinement import check_effort
+
+    try:
+        return check_effort(int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid effort {text!r}: {err}") from None
+
+
 def cmd_surprise(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -391,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         "encode",
         parents=[common, batch],
         help="encode images as KAE",
-        usage="%(prog)s [-q Q] [--model M] IN OUT\n"
-        "       %(prog)s [-q Q] [--model M] IN... -o OUTDIR [--jobs N] [--force]",
+        usage="%(prog)s [-q Q] [--model M] [--effort E] IN OUT\n"
+        "       %(prog)s [-q Q] [--model M] [--effort E] IN... -o OUTDIR [--jobs N] [--force]",
     )
     p.add_argument(
         "inputs", metavar="IN", nargs="+", help="images Pillow can read (or folders, with -o)"
@@ -405,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"1-100, higher is better and larger (default {DEFAULT_QUALITY})",
     )
     p.add_argument("--model", help="use this installed model (see 'kae models')")
+    p.add_argument(
+        "--effort",
+        type=_effort,
+        default=0,
+        help="0-9: refine the code against the decoder, slower and smaller (default 0; "
+        "above 0 needs Keras, pip install 'pillow-kae[effort]')",
+    )
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser(

@@ -24,8 +24,6 @@ decode. The seed-dense model codes 48x48 blocks in independent tiles in both ver
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from pillow_kae.container import CHANNEL_CONDITIONAL_VERSION, FORMAT_VERSION
@@ -40,6 +38,7 @@ from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_LEVELS,
     SCALE_MAX,
     SCALE_MIN,
+    scale_table,
 )
 from pillow_kae.zoo.loader import CodecModel
 
@@ -58,6 +57,10 @@ TRANSFORM_WINDOW = 512
 SINGLE_PASS_PIXELS = 768 * 512
 HYPER_CONTEXT = 8  # latents of y around a tile that h_a sees (its reach is 4)
 HYPER_SYNTHESIS_MARGIN = 2  # cells of ẑ around a tile that h_s sees (its reach is 1.75)
+# Refinement (``effort``): latents around a window that g_s sees while its symbols are
+# searched (g_s reaches 3), and latents' worth of pixels beyond the window that are scored.
+REFINE_CONTEXT = 4
+REFINE_OVERLAP = 2
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 _DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
 
@@ -211,38 +214,98 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
 
 
 def _encode_image_hyperprior(
-    model: CodecModel, pixels: np.ndarray, gain_step: int, tile_size: int
+    model: CodecModel, pixels: np.ndarray, gain_step: int, tile_size: int, effort: int = 0
 ) -> list[bytes]:
     """Each tile's payload: its ẑ, then its y around the means h_s gives from the ẑ grid."""
-    multiple = model.pad_multiple
-    latents = list(_tile_latents(model, pixels, tile_size))
-    height, width = pixels.shape[:2]
-    padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
-    boxes = tiles(padded_w, padded_h, tile_size)
-    image = (0, 0, padded_w, padded_h)
-    z_grid = np.zeros((padded_h // multiple, padded_w // multiple, model.hyper_channels), np.int64)
-    for box, (_, z) in zip(boxes, latents, strict=True):
-        z_grid[_inner(box, image, multiple)] = np.rint(z)
+    y, z_grid = _latent_grids(model, pixels, tile_size)
+    if effort:
+        y = _refine(model, pixels, y, z_grid, gain_step, effort)
+    stride, multiple = model.stride, model.pad_multiple
+    image = (0, 0, y.shape[1] * stride, y.shape[0] * stride)
     g = gain(gain_step)
     payloads = []
-    for box, (y, _) in zip(boxes, latents, strict=True):
+    for box in tiles(image[2], image[3], tile_size):
         encoder = new_encoder()
         z_hat = z_grid[_inner(box, image, multiple)]
         model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
         hyper = _tile_hyper(model, z_grid, box)
+        y_tile = y[_inner(box, image, stride)].astype(np.float64)
         if model.slices:
             context = _SliceContext(model, hyper, gain_step)
             for _ in range(model.slices):
                 means, indices, channels = context.params()
-                residual = y[..., channels].astype(np.float64) - means / (1 << ACTIVATION_BITS)
+                residual = y_tile[..., channels] - means / (1 << ACTIVATION_BITS)
                 symbols = as_values(np.rint(g * residual))
                 model.y_coder.encode(encoder, symbols, indices)
                 context.add(means, symbols)
         else:
             means, indices = _split_params(model, hyper, gain_step)
-            model.y_coder.encode(encoder, np.rint(g * y.astype(np.float64) - g * means), indices)
+            model.y_coder.encode(encoder, np.rint(g * y_tile - g * means), indices)
         payloads.append(np.asarray(encoder.get_compressed(), dtype="<u4").tobytes())
     return payloads
+
+
+def _refine(
+    model: CodecModel,
+    pixels: np.ndarray,
+    y: np.ndarray,
+    z_grid: np.ndarray,
+    gain_step: int,
+    effort: int,
+) -> np.ndarray:
+    """ŷ (float64) whose symbols refinement chose, window by window (the ``effort`` option).
+
+    ẑ stays, so the means and tables are the decoder's. Each window's symbols are searched
+    with g_s seeing ``REFINE_CONTEXT`` latents around it (as the decoder will have them:
+    refined before it, rounded after) and its pixels plus ``REFINE_OVERLAP`` latents' worth
+    beyond it scored, so that windows meet without a seam; memory stays one window's.
+    """
+    from pillow_kae import refinement
+
+    steps = refinement.steps_for(effort)
+    if model.slices or model.kind == "seed-dense":
+        raise ValueError(f"effort above 0 needs a plain hyperprior model, not {model.name!r}")
+    stride = model.stride
+    height, width = pixels.shape[:2]
+    padded_h, padded_w = y.shape[0] * stride, y.shape[1] * stride
+    top, left = _centre_offsets(height, width, model.pad_multiple)
+    image, inside = (0, 0, padded_w, padded_h), (left, top, left + width, top + height)
+    g = gain(gain_step)
+    windows = _windows(padded_w, padded_h, None)
+    means = np.empty(y.shape, np.float64)
+    indices = np.empty(y.shape, np.int64)
+    for box in windows:
+        where = _inner(box, image, stride)
+        means[where], indices[where] = _split_params(
+            model, _tile_hyper(model, z_grid, box), gain_step
+        )
+    y_hat = means + np.rint(g * (y - means)) / g
+    scales = scale_table()
+    for box in windows:
+        where = _inner(box, image, stride)
+        context = _expand(box, REFINE_CONTEXT * stride, padded_w, padded_h)
+        scored = _intersect(_expand(box, REFINE_OVERLAP * stride, padded_w, padded_h), inside)
+        weight = np.zeros((context[3] - context[1], context[2] - context[0], 1), np.float32)
+        weight[_inner(scored, context, 1)] = 1.0
+        problem = refinement.Problem(
+            residual=g * (y[where] - means[where]),
+            means=means[where],
+            scales=scales[indices[where]],
+            gain=g,
+            context=y_hat[_inner(context, image, stride)],
+            window=_inner(box, context, stride),
+            target=_padded_window(pixels, top, left, context).astype(np.float32) / 255.0,
+            weight=weight,
+            lmbda=model.card.lmbda * g * g,
+        )
+        y_hat[where] = means[where] + refinement.refine(model, problem, steps) / g
+    return y_hat
+
+
+def _intersect(
+    a: tuple[int, int, int, int], b: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    return (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
 
 
 def _decode_latents(
@@ -317,23 +380,24 @@ def analysis_grid(model: CodecModel, pixels: np.ndarray, window: int | None = No
     return grid
 
 
-def _tile_latents(
+def _latent_grids(
     model: CodecModel, pixels: np.ndarray, tile_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """For each tile (raster order of the padded image): (y of the tile, z from h_a).
+) -> tuple[np.ndarray, np.ndarray]:
+    """y of the whole padded image and the integer ẑ grid, z computed tile by tile.
 
-    y is cut from g_a of the whole padded image; z is h_a of y with ``HYPER_CONTEXT``
-    latents of context, so that h_s predicts the tile's edges from what lies beyond them.
+    Each tile's z is h_a of its y with ``HYPER_CONTEXT`` latents of context, so that h_s
+    predicts the tile's edges from what lies beyond them.
     """
     y = analysis_grid(model, pixels)
     stride, multiple = model.stride, model.pad_multiple
     padded_h, padded_w = y.shape[0] * stride, y.shape[1] * stride
     image = (0, 0, padded_w, padded_h)
+    z_grid = np.zeros((padded_h // multiple, padded_w // multiple, model.hyper_channels), np.int64)
     for box in tiles(padded_w, padded_h, tile_size):
         context = _expand(box, HYPER_CONTEXT * stride, padded_w, padded_h)
-        y_context = y[_inner(context, image, stride)]
-        z = model.transform("h_a")(y_context[None])[0]
-        yield y_context[_inner(box, context, stride)], z[_inner(box, context, multiple)]
+        z = model.transform("h_a")(y[_inner(context, image, stride)][None])[0]
+        z_grid[_inner(box, image, multiple)] = np.rint(z[_inner(box, context, multiple)])
+    return y, z_grid
 
 
 def _inner(
@@ -470,18 +534,28 @@ def _decode_blocks(model: CodecModel, payload: bytes, width: int, height: int) -
 
 
 def encode_image(
-    model: CodecModel, pixels: np.ndarray, gain_step: int, tile_size: int = TILE_SIZE
+    model: CodecModel,
+    pixels: np.ndarray,
+    gain_step: int,
+    tile_size: int = TILE_SIZE,
+    effort: int = 0,
 ) -> list[bytes]:
-    """(h, w, 3) uint8 -> one payload per tile of ``tiles(w, h, tile_size)``, in that order."""
+    """(h, w, 3) uint8 -> one payload per tile of ``tiles(w, h, tile_size)``, in that order.
+
+    ``effort`` above 0 refines the symbols against the decoder (``pillow_kae.refinement``;
+    needs Keras); the decoder is the same for every effort.
+    """
     height, width = pixels.shape[:2]
     if model.kind == "seed-dense":
         if gain_step:
             raise ValueError("the seed-dense model codes only at gain step 0")
+        if effort:
+            raise ValueError("the seed-dense model has no effort levels (it has no hyperprior)")
         return [
             _encode_blocks(model, pixels[top:bottom, left:right])
             for left, top, right, bottom in tiles(width, height, tile_size)
         ]
-    return _encode_image_hyperprior(model, pixels, gain_step, tile_size)
+    return _encode_image_hyperprior(model, pixels, gain_step, tile_size, effort)
 
 
 def format_version(model: CodecModel) -> int:

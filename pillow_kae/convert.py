@@ -98,13 +98,17 @@ def format_extension(fmt: str) -> str:
 
 
 def encode_file(
-    src: Path, dst: Path, quality: int = DEFAULT_QUALITY, model: str | None = None
+    src: Path,
+    dst: Path,
+    quality: int = DEFAULT_QUALITY,
+    model: str | None = None,
+    effort: int = 0,
 ) -> int:
     """Encode one image Pillow reads into ``dst``; returns the bytes written."""
     with open_image(src) as im:
         log.info("read %s: %s %dx%d %s", src, im.format, im.width, im.height, im.mode)
         buffer = io.BytesIO()
-        options: dict[str, object] = {"quality": quality}
+        options: dict[str, object] = {"quality": quality, "effort": effort}
         if model is not None:
             options["model"] = model
         im.save(buffer, format=FORMAT, **options)
@@ -318,10 +322,10 @@ def convert(
 
 
 def encoder(
-    quality: int = DEFAULT_QUALITY, model: str | None = None
+    quality: int = DEFAULT_QUALITY, model: str | None = None, effort: int = 0
 ) -> Callable[[Path, Path], int]:
     """A picklable ``work`` for ``convert`` that encodes with these options."""
-    return partial(encode_file, quality=quality, model=model)
+    return partial(encode_file, quality=quality, model=model, effort=effort)
 
 
 def decoder(fmt: str) -> Callable[[Path, Path], int]:

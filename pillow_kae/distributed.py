@@ -54,12 +54,13 @@ def encode_files(
     quality: int = DEFAULT_QUALITY,
     model: str | None = None,
     force: bool = False,
+    effort: int = 0,
 ) -> convert.Summary:
     """Encode images (files, or folders walked recursively) into ``out_dir`` as ``.kae``."""
     jobs, refused = convert.plan(
         [Path(p) for p in inputs], Path(out_dir), convert.KAE_SUFFIX, convert.is_image
     )
-    return run(client, jobs, convert.encoder(quality, model), force, refused)
+    return run(client, jobs, convert.encoder(quality, model, effort), force, refused)
 
 
 def decode_files(
