@@ -1,6 +1,7 @@
 """Grain on smooth areas: does the codec add speckle the original does not have?
 
-    python -m benchmarks.grain [--folder DIR] [--quality 75] [--model M] [--every N]
+    python -m benchmarks.grain [--folder DIR] [--quality 75] [--model M] [--effort E]
+                               [--every N]
 
 Grain is the RMS of the luminance minus its 3x3 mean, over the flat parts of the image.
 Flat parts are where the original has no structure: the standard deviation of its
@@ -82,11 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--quality", type=int, default=75)
     parser.add_argument("--model", default=None, help="one model along its gain steps")
+    parser.add_argument("--effort", type=int, default=0, help="the .kae save option")
     parser.add_argument("--every", type=int, default=1, help="use every n-th image")
     parser.add_argument("--json", type=Path, default=Path("out/grain.json"))
     args = parser.parse_args(argv)
     folder, paths = test_images(args.folder, args.every)
-    options = {"quality": args.quality} | ({"model": args.model} if args.model else {})
+    options = {"quality": args.quality, "effort": args.effort}
+    options |= {"model": args.model} if args.model else {}
     print(f"images: {folder} ({len(paths)}); .kae with {options}")
     rows = []
     for path in tqdm(paths, desc="grain"):

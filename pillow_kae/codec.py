@@ -10,7 +10,9 @@ coding is cut into tiles:
    coded with one fixed table per channel;
 3. the fixed-point h_s (integers only) on the whole z grid, a tile plus
    ``HYPER_SYNTHESIS_MARGIN`` at a time -> means and scale-table indices;
-4. round(g * (y - mu)) coded with the Gaussian table of each element's index.
+4. round(g * (y - mu)) coded with the Gaussian table of each element's index; with
+   ``effort`` above 0 the symbols are instead searched against g_s (``_refine``), and
+   nothing else changes.
 
 The decoder reads every tile's z, then every tile's y (every table choice bit-identical:
 no tile edge in the means either), assembles y_hat and

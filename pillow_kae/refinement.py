@@ -14,7 +14,6 @@ it runs under whichever backend Keras is configured with.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,10 +26,9 @@ MAX_EFFORT = 9
 # Adam steps per effort level: each step is one g_s forward and backward pass (about 2-3
 # decodes), so effort 9 costs a few hundred decodes. Effort 0 is the amortized g_a alone.
 EFFORT_STEPS = (0, 4, 8, 12, 16, 24, 32, 48, 64, 96)
-LEARNING_RATE = float(os.environ.get("KAE_LR", 0.05))  # on the residual, in quantization bins
+LEARNING_RATE = 0.05  # Adam on the residual, in quantization bins (0.1 diverges)
 TAU_START, TAU_END = 0.5, 0.05  # SGA temperature, annealed exponentially after a warm-up
 WARMUP = 0.3  # fraction of the steps at TAU_START
-JIT = {"1": True, "0": False}.get(os.environ.get("KAE_JIT", "auto"), "auto")
 
 
 @dataclass(frozen=True)
@@ -88,16 +86,17 @@ def refine(model: CodecModel, problem: Problem, steps: int, seed: int = 0) -> np
             "pip install 'pillow-kae[effort]' (or save with effort=0)"
         ) from err
 
-    refiner = _refiner(model, problem, seed)
-    refiner.load(problem)
     taus = temperatures(steps)[:, None]
-    refiner.fit(taus, np.zeros((steps, 1), np.float32), batch_size=1, epochs=1, verbose=0)
-    return np.rint(np.asarray(refiner.residual.numpy(), np.float64))
+    with _SEARCH_LOCK:  # a compiled search holds one problem at a time
+        refiner = _refiner(model, problem, seed)
+        refiner.load(problem)
+        refiner.fit(taus, np.zeros((steps, 1), np.float32), batch_size=1, epochs=1, verbose=0)
+        return np.rint(np.asarray(refiner.residual.numpy(), np.float64))
 
 
 _REFINERS: OrderedDict[tuple, object] = OrderedDict()
-_REFINERS_KEPT = 4  # compiled searches kept per process: Kodak's two orientations, and tiles
-_REFINERS_LOCK = threading.Lock()
+_REFINERS_KEPT = 4  # compiled searches kept per process: two orientations, edge windows
+_SEARCH_LOCK = threading.Lock()
 
 
 def _refiner(model: CodecModel, problem: Problem, seed: int) -> object:
@@ -110,20 +109,17 @@ def _refiner(model: CodecModel, problem: Problem, seed: int) -> object:
 
     window = tuple((s.start, s.stop) for s in problem.window)
     key = (model.name, model.card.digest, problem.context.shape, window, seed)
-    with _REFINERS_LOCK:
-        if key in _REFINERS:
-            _REFINERS.move_to_end(key)
-            return _REFINERS[key]
-        refiner = _refiner_class()(model.keras_model.g_s, problem, seed)
-        refiner.compile(
-            optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=_identity, jit_compile=JIT
-        )
-        refiner.optimizer.build(refiner.trainable_variables)
-        refiner.fresh_optimizer = [np.array(v.numpy()) for v in refiner.optimizer.variables]
-        _REFINERS[key] = refiner
-        while len(_REFINERS) > _REFINERS_KEPT:
-            _REFINERS.popitem(last=False)
-        return refiner
+    if key in _REFINERS:
+        _REFINERS.move_to_end(key)
+        return _REFINERS[key]
+    refiner = _refiner_class()(model.keras_model.g_s, problem, seed)
+    refiner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=_identity)
+    refiner.optimizer.build(refiner.trainable_variables)
+    refiner.fresh_optimizer = [np.array(v.numpy()) for v in refiner.optimizer.variables]
+    _REFINERS[key] = refiner
+    while len(_REFINERS) > _REFINERS_KEPT:
+        _REFINERS.popitem(last=False)
+    return refiner
 
 
 def _identity(y_true: object, y_pred: object) -> object:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae import codec, container, refinement
+from pillow_kae.bench import codecs
 from pillow_kae.zoo import loader
 from tests.conftest import SAMPLES, decode, encode
 
@@ -94,6 +95,14 @@ def test_temperatures_anneal_from_start_to_end() -> None:
     assert np.all(np.diff(taus) <= 0)
     assert refinement.steps_for(0) == 0
     assert list(refinement.EFFORT_STEPS) == sorted(set(refinement.EFFORT_STEPS))
+
+
+def test_bench_knows_the_ladder_with_effort() -> None:
+    known = codecs.registry()
+    searched = known["kae-effort"]
+    assert not searched.default
+    assert searched.qualities == known["kae"].qualities
+    assert searched.options == {"effort": codecs.BENCH_EFFORT}
 
 
 def test_cli_refuses_an_effort_out_of_range(tmp_path: pytest.TempPathFactory) -> None:

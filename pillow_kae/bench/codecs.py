@@ -99,6 +99,8 @@ _JPEG_QUALITIES = (2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 _WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 _AVIF_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90)
 _JXL_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
+# ``kae-effort``: the ladder with this encode-time search (pillow_kae.refinement).
+BENCH_EFFORT = 4
 # One model alone: a quality per gain step, -6 .. +2 (``quality.model_gain_step``).
 _MODEL_QUALITIES = (1, 13, 25, 38, 50, 63, 75, 88, 100)
 
@@ -155,6 +157,19 @@ def registry() -> dict[str, Codec]:
             needs="pillow-jxl-plugin: pip install 'pillow-kae[bench]'",
         ),
     ]
+    codecs.append(
+        Codec(
+            "kae-effort",
+            f".kae (default ladder, effort {BENCH_EFFORT})",
+            "KAE",
+            kae,
+            (1, 100),
+            {"effort": BENCH_EFFORT},
+            plugin="keras",
+            needs="Keras: pip install 'pillow-kae[effort]'",
+            default=False,
+        )
+    )
     codecs += [
         Codec(
             f"kae:{name}",
