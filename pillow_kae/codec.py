@@ -298,7 +298,7 @@ def _refine(
             window=_inner(box, context, stride),
             target=_padded_window(pixels, top, left, context).astype(np.float32) / 255.0,
             weight=weight,
-            lmbda=model.card.lmbda * g * g,
+            lmbda=refinement.trade_off(model.card.lmbda, g),
         )
         y_hat[where] = means[where] + refinement.refine(model, problem, steps) / g
     return y_hat
