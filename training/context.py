@@ -225,6 +225,9 @@ def train_context(config: ContextConfig) -> Path:
                 change,
                 (epoch + 1) * epoch_steps / (time.monotonic() - start),
             )
+            # A checkpoint per epoch: a run stopped early (a session ends) keeps its progress.
+            minutes = (time.monotonic() - start) / 60
+            write_run(run, model, config, minutes, (epoch + 1) * epoch_steps)
 
     rate.fit(
         batches,
@@ -238,13 +241,16 @@ def train_context(config: ContextConfig) -> Path:
     return run
 
 
-def write_run(run: Path, model: object, config: ContextConfig, minutes: float) -> None:
-    """checkpoint.npz (every weight) and state.json, as ``training export`` reads them."""
+def write_run(
+    run: Path, model: object, config: ContextConfig, minutes: float, step: int | None = None
+) -> None:
+    """checkpoint.npz (every weight) and state.json after ``step`` steps (default: all), as
+    ``training export`` reads them."""
     save_weights(model, run / CHECKPOINT, compact=False)
     shipped = load(config.model).card
     init = config.init or str(shipped.path)
     state = {
-        "step": config.steps,
+        "step": config.steps if step is None else step,
         "minutes": round(minutes, 2),
         "config": {
             **asdict(config),
