@@ -1,14 +1,15 @@
 """The ``effort`` table: BD-rate gain and encode seconds per image of each effort level.
 
-    python -m benchmarks.effort [--efforts 0,1,2,4] [--qualities 30,60,75,95]
+    python -m benchmarks.effort [--efforts 0,1,2,4] [--qualities 11,31,58,84,97]
                                 [--folder DIR] [--every N] [--out out/effort.json]
 
 Every image is saved through Pillow (``img.save(..., quality=q, effort=e)``) at each ladder
 quality and effort, and read back with ``Image.open``: real files, the one decoder. The
 BD-rate of each level is against effort 0 over the same qualities. Encode seconds are wall
 time per image, averaged over the qualities; refinement compiles its search once per image
-geometry and process, and that first compile is reported apart (``compile s``), as a user
-converting a folder pays it once. Kodak when ../shared is there, else the sample images.
+geometry and process, and the first encode, which pays for that, is reported apart
+(``first encode s``), as a user converting a folder pays it once. Kodak when ../shared is
+there, else the sample images.
 """
 
 from __future__ import annotations

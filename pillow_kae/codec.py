@@ -265,7 +265,7 @@ def _refine(
     from pillow_kae import refinement
 
     steps = refinement.steps_for(effort)
-    if model.slices or model.kind == "seed-dense":
+    if model.slices:  # (seed-dense is refused by encode_image)
         raise ValueError(f"effort above 0 needs a plain hyperprior model, not {model.name!r}")
     stride = model.stride
     height, width = pixels.shape[:2]
@@ -475,8 +475,7 @@ def synthesis(
         rows, cols = _inner(context, (0, 0, padded_w, padded_h), stride)
         x_hat = model.transform("g_s")(y_hat[None, rows, cols])[0]
         # The window's pixels that lie inside the image, in the context and in the output.
-        keep = (max(box[0], image[0]), max(box[1], image[1]))
-        keep += (min(box[2], image[2]), min(box[3], image[3]))
+        keep = _intersect(box, image)
         out[_inner(keep, image, 1)] = _to_uint8(x_hat[_inner(keep, context, 1)])
     return out
 
