@@ -55,8 +55,9 @@ def curve(
             height, width = pixels.shape[:2]
             payloads = codec.encode_image(model, pixels, step)
             start = time.perf_counter()
+            version = codec.format_version(model, step)
             decoded = codec.decode_image(
-                model, payloads, width, height, step, codec.TILE_SIZE, codec.format_version(model)
+                model, payloads, width, height, step, codec.TILE_SIZE, version
             )
             seconds += time.perf_counter() - start
             bits += 8 * sum(map(len, payloads)) / (width * height)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = " | ".join(
             f"{r['curve'][i][0]:.4f} / {r['curve'][i][1]:.3f}" for r in results.values()
         )
-        print(f"| {quality} | {model} {step:+d} | {cells} |")
+        print(f"| {quality} | {model} {step:+g} | {cells} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"images": folder, "count": len(images), "qualities": qualities, "efforts": results}
     args.out.write_text(json.dumps(report, indent=1))

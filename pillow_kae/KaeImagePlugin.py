@@ -139,7 +139,7 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         kae.tiles,
         header.width,
         header.height,
-        header.gain_step,
+        header.step,
         header.tile_size,
         header.version,
     )
@@ -212,6 +212,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     mode = stored.mode
     model = loader.load(model_name)
     rgb = np.asarray(stored.convert("RGB"))
+    version = codec.format_version(model, gain_step)
     header = container.Header(
         width=im.width,
         height=im.height,
@@ -224,8 +225,8 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         hyper_channels=model.hyper_channels,
         stride=model.stride,
         hyper_stride=model.hyper_stride,
-        gain_step=gain_step,
-        version=codec.format_version(model),
+        gain_step=container.Header.gain_step_field(gain_step, version),
+        version=version,
     )
     payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE, effort)
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None

@@ -87,7 +87,7 @@ def _wants(value: object, default: object, name: str) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     # Check the options before touching any file: a bad quality or model writes nothing.
     model_name, gain_step = _choose(args.quality, args.model)
-    log.info("quality %d -> model %s, gain step %d", args.quality, model_name, gain_step)
+    log.info("quality %d -> model %s, gain step %g", args.quality, model_name, gain_step)
     single = _single(args)
     if single is None:
         return _convert_many(
@@ -166,7 +166,7 @@ def _file_info(path: Path) -> dict:
         "model_installed": card is not None,
         "weights_match": card is not None and card.digest == header.weights_hash,
         "quality": header.quality,
-        "gain_step": header.gain_step,
+        "gain_step": header.step,
         "tile_size": header.tile_size,
         "tile_grid": [columns, rows],
         "tile_count": header.tile_count,
@@ -193,7 +193,7 @@ def _format_info(info: dict) -> str:
         ("model", f"{info['model']} ({status})"),
         ("weights", info["weights_hash"][:16]),
         ("quality", str(info["quality"])),
-        ("gain step", str(info["gain_step"])),
+        ("gain step", f"{info['gain_step']:g}"),
         ("tiles", f"{info['tile_count']} ({columns} x {rows} of {info['tile_size']} px)"),
         ("bytes", f"{info['bytes']} ({info['bpp']:.4f} bpp)"),
         ("metadata", metadata),
@@ -221,15 +221,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 # models
 
 
-def _ladder_ranges() -> list[tuple[int, int, str, int]]:
-    """(first quality, last quality, model, gain step) for each rate point in use."""
-    ranges: list[tuple[int, int, str, int]] = []
+def _ladder_ranges() -> list[tuple[int, int, str, float, float]]:
+    """(first quality, last quality, model, first gain step, last gain step) per model."""
+    ranges: list[tuple[int, int, str, float, float]] = []
     for q in range(1, 101):
-        point = quality_ladder.choose(q)
-        if ranges and ranges[-1][2:] == point:
-            ranges[-1] = (ranges[-1][0], q, *point)
+        name, step = quality_ladder.choose(q)
+        if ranges and ranges[-1][2] == name:
+            first, _, _, low, _ = ranges[-1]
+            ranges[-1] = (first, q, name, low, step)
         else:
-            ranges.append((q, q, *point))
+            ranges.append((q, q, name, step, step))
     return ranges
 
 
@@ -265,9 +266,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print()
     print(f"quality ladder (-q, default {DEFAULT_QUALITY}):")
-    for first, last, name, step in _ladder_ranges():
+    for first, last, name, low, high in _ladder_ranges():
         span = f"{first}-{last}" if first != last else str(first)
-        print(f"  {span:>7}  {name:<{widths[0]}}  gain step {step:+d}")
+        steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
+        print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")
+    print("  (each quality its own step, in sixteenths: higher quality, larger file)")
     return 0
 
 

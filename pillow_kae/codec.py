@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pillow_kae.container import CHANNEL_CONDITIONAL_VERSION, FORMAT_VERSION
+from pillow_kae.container import CHANNEL_CONDITIONAL_VERSION, FINE_GAIN_VERSION, FORMAT_VERSION
 from pillow_kae.entropy_models.coder import TableCoder, as_values, new_decoder, new_encoder
 from pillow_kae.entropy_models.fixed_point import (
     ACTIVATION_BITS,
+    check_gain_step,
     dequantize_fixed,
     inverse_gain_fixed,
     scale_indices,
@@ -71,7 +72,7 @@ class TileDecodeError(OSError):
     """The payload of a tile is inconsistent with its model (damaged or forged file)."""
 
 
-def gain(step: int) -> float:
+def gain(step: float) -> float:
     """Latent gain of a gain step: one step is one entry of the geometric scale table."""
     return GAIN_RATIO**step
 
@@ -138,13 +139,15 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 # -- mean-scale hyperprior ------------------------------------------------------------------
 
 
-def _params(model: CodecModel, z_hat: np.ndarray, gain_step: int) -> tuple[np.ndarray, np.ndarray]:
+def _params(
+    model: CodecModel, z_hat: np.ndarray, gain_step: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(means in float, table indices) from integer z_hat, through the integer h_s."""
     return _split_params(model, model.hyper_synthesis(z_hat), gain_step)
 
 
 def _tile_params(
-    model: CodecModel, z_grid: np.ndarray, box: tuple[int, int, int, int], gain_step: int
+    model: CodecModel, z_grid: np.ndarray, box: tuple[int, int, int, int], gain_step: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Means and table indices of one tile's y from h_s on the whole ẑ grid."""
     return _split_params(model, _tile_hyper(model, z_grid, box), gain_step)
@@ -175,7 +178,7 @@ class _SliceContext:
     slice transforms see the tile alone (zero beyond it), so tiles stay independent.
     """
 
-    def __init__(self, model: CodecModel, hyper: np.ndarray, gain_step: int) -> None:
+    def __init__(self, model: CodecModel, hyper: np.ndarray, gain_step: float) -> None:
         self.model, self.hyper, self.gain_step = model, hyper, gain_step
         self.decoded: list[np.ndarray] = []
 
@@ -197,7 +200,7 @@ class _SliceContext:
 
 
 def _split_params(
-    model: CodecModel, out: np.ndarray, gain_step: int
+    model: CodecModel, out: np.ndarray, gain_step: float
 ) -> tuple[np.ndarray, np.ndarray]:
     m = model.latent_channels
     means = out[..., :m].astype(np.float64) / (1 << ACTIVATION_BITS)
@@ -216,7 +219,7 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
 
 
 def _encode_image_hyperprior(
-    model: CodecModel, pixels: np.ndarray, gain_step: int, tile_size: int, effort: int = 0
+    model: CodecModel, pixels: np.ndarray, gain_step: float, tile_size: int, effort: int = 0
 ) -> list[bytes]:
     """Each tile's payload: its ẑ, then its y around the means h_s gives from the ẑ grid."""
     y, z_grid = _latent_grids(model, pixels, tile_size)
@@ -252,7 +255,7 @@ def _refine(
     pixels: np.ndarray,
     y: np.ndarray,
     z_grid: np.ndarray,
-    gain_step: int,
+    gain_step: float,
     effort: int,
 ) -> np.ndarray:
     """ŷ (float64) whose symbols refinement chose, window by window (the ``effort`` option).
@@ -311,7 +314,7 @@ def _intersect(
 
 
 def _decode_latents(
-    model: CodecModel, payload: bytes, shape: tuple[int, int], gain_step: int
+    model: CodecModel, payload: bytes, shape: tuple[int, int], gain_step: float
 ) -> np.ndarray:
     """A payload -> that tile's y_hat, (rows, cols, C) float32."""
     rows, cols = shape
@@ -323,7 +326,7 @@ def _decode_latents(
     return _dequantize(_decode_symbols(y_coder, decoder, indices), means, gain_step)
 
 
-def _dequantize(symbols: np.ndarray, means: np.ndarray, gain_step: int) -> np.ndarray:
+def _dequantize(symbols: np.ndarray, means: np.ndarray, gain_step: float) -> np.ndarray:
     """y_hat = q / g + mu, clipped so that forged symbols cannot overflow g_s."""
     g = gain(gain_step)
     return np.clip((symbols.astype(np.float64) + g * means) / g, -1e4, 1e4).astype(np.float32)
@@ -417,7 +420,7 @@ def _decode_image_hyperprior(
     payloads: list[bytes],
     width: int,
     height: int,
-    gain_step: int,
+    gain_step: float,
     tile_size: int,
 ) -> np.ndarray:
     stride, multiple = model.stride, model.pad_multiple
@@ -481,7 +484,7 @@ def synthesis(
 
 
 def _decode_tile_v1(
-    model: CodecModel, payload: bytes, width: int, height: int, gain_step: int
+    model: CodecModel, payload: bytes, width: int, height: int, gain_step: float
 ) -> np.ndarray:
     """Format version 1: the tile was coded on its own, pixels padded centred."""
     multiple = model.pad_multiple
@@ -537,15 +540,17 @@ def _decode_blocks(model: CodecModel, payload: bytes, width: int, height: int) -
 def encode_image(
     model: CodecModel,
     pixels: np.ndarray,
-    gain_step: int,
+    gain_step: float,
     tile_size: int = TILE_SIZE,
     effort: int = 0,
 ) -> list[bytes]:
     """(h, w, 3) uint8 -> one payload per tile of ``tiles(w, h, tile_size)``, in that order.
 
     ``effort`` above 0 refines the symbols against the decoder (``pillow_kae.refinement``;
-    needs Keras); the decoder is the same for every effort.
+    needs Keras); the decoder is the same for every effort. ``gain_step`` may be a multiple
+    of 1/16 (written as format version 4).
     """
+    gain_step = check_gain_step(gain_step)
     height, width = pixels.shape[:2]
     if model.kind == "seed-dense":
         if gain_step:
@@ -559,8 +564,12 @@ def encode_image(
     return _encode_image_hyperprior(model, pixels, gain_step, tile_size, effort)
 
 
-def format_version(model: CodecModel) -> int:
-    """The KHDR version of what ``encode_image`` writes with ``model``: 3 for channel slices."""
+def format_version(model: CodecModel, gain_step: float = 0) -> int:
+    """The KHDR version of what ``encode_image`` writes with ``model`` at ``gain_step``: the
+    lowest that holds it (4 for a fraction of a step, else 3 for channel slices, else 2), so
+    that files at whole steps stay readable by older decoders."""
+    if gain_step != int(gain_step):
+        return FINE_GAIN_VERSION
     return CHANNEL_CONDITIONAL_VERSION if model.slices else FORMAT_VERSION
 
 
@@ -569,14 +578,15 @@ def decode_image(
     payloads: list[bytes],
     width: int,
     height: int,
-    gain_step: int,
+    gain_step: float,
     tile_size: int,
     version: int,
 ) -> np.ndarray:
     """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
-    if bool(model.slices) != (version == CHANNEL_CONDITIONAL_VERSION):
+    fine = version == FINE_GAIN_VERSION  # codes as the model does, slices or not
+    if not fine and bool(model.slices) != (version == CHANNEL_CONDITIONAL_VERSION):
         raise TileDecodeError(
             f"format version {version} does not match model {model.name!r} "
             f"({'with' if model.slices else 'without'} channel slices)"

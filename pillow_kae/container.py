@@ -26,7 +26,9 @@ from typing import IO
 
 __all__ = [
     "CHANNEL_CONDITIONAL_VERSION",
+    "FINE_GAIN_VERSION",
     "FORMAT_VERSION",
+    "GAIN_STEP_DIVISIONS",
     "MAX_CHUNK_LENGTH",
     "MAX_DIMENSION",
     "MODES",
@@ -49,15 +51,19 @@ SIGNATURE = b"\x89KAE\r\n\x1a\n"
 
 #: Version byte written into ``KHDR``. 2: one latent grid over the whole image, seamless
 #: tiles (docs/format.md §5.1); 1: tiles coded on their own; 3: as 2, with y coded in
-#: channel slices (channel-conditional models only, which are written as 3). Readers
-#: accept all three.
+#: channel slices (channel-conditional models only, which are written as 3); 4: as 2 or 3
+#: (as the model codes), with the gain step in sixteenths of a step, for the rate points
+#: between whole steps. Writers use the lowest version that can hold the file; readers
+#: accept all four.
 FORMAT_VERSION = 2
 CHANNEL_CONDITIONAL_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+FINE_GAIN_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
 MAX_GAIN_STEP = 63  # |gain step|: steps along the 64-entry scale table
+GAIN_STEP_DIVISIONS = 16  # version 4 stores the gain step in sixteenths
 
 #: Largest data length a single chunk may declare (PNG's limit).
 MAX_CHUNK_LENGTH = 2**31 - 1
@@ -155,7 +161,24 @@ class Header:
         _check_int("hyper channels", self.hyper_channels, 1, 0xFFFF)
         _check_int("stride", self.stride, 1, 0xFF)
         _check_int("hyper stride", self.hyper_stride, 1, 0xFF)
-        _check_int("gain step", self.gain_step, -MAX_GAIN_STEP, MAX_GAIN_STEP)
+        limit = MAX_GAIN_STEP * (GAIN_STEP_DIVISIONS if self.version >= FINE_GAIN_VERSION else 1)
+        _check_int("gain step", self.gain_step, -limit, limit)
+
+    @staticmethod
+    def gain_step_field(step: float, version: int) -> int:
+        """The ``gain_step`` field that stores ``step`` in a file of ``version``."""
+        field = step * GAIN_STEP_DIVISIONS if version >= FINE_GAIN_VERSION else step
+        if field != int(field):
+            raise KaeFormatError(f"gain step {step} cannot be stored in version {version}")
+        return int(field)
+
+    @property
+    def step(self) -> float:
+        """The latent gain step the file was coded at (``gain_step`` is whole steps before
+        version 4, sixteenths from it)."""
+        if self.version >= FINE_GAIN_VERSION:
+            return self.gain_step / GAIN_STEP_DIVISIONS
+        return float(self.gain_step)
 
     @property
     def tile_grid(self) -> tuple[int, int]:

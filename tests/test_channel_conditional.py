@@ -17,7 +17,9 @@ from pillow_kae.entropy_models.fixed_point import (
     ACTIVATION_BITS,
     FixedPointSliceTransforms,
     dequantize_fixed,
+    fraction_offset_fixed,
     inverse_gain_fixed,
+    scale_indices,
 )
 from pillow_kae.zoo import loader
 from tests.conftest import SAMPLES, psnr
@@ -119,6 +121,36 @@ def test_inverse_gain_is_fixed_integers() -> None:
         41021525,
         28836,
     ]
+
+
+def test_fractions_of_a_gain_step_are_fixed_integers() -> None:
+    """Golden values of version 4's fractional steps; a whole step adds nothing."""
+    assert [fraction_offset_fixed(k / 16) for k in (0, 1, 8, 15)] == [0, 8, 63, 118]
+    assert inverse_gain_fixed(0.5) == 63104289
+    assert inverse_gain_fixed(2.0) == inverse_gain_fixed(2)
+
+
+def test_fractional_gain_steps_pick_tables_between_whole_ones() -> None:
+    thresholds = loader.load("kae-mid").thresholds
+    log_scales = np.random.default_rng(3).integers(-6000, 7000, 5000)
+    whole = {s: scale_indices(log_scales, thresholds, s) for s in (-3, 2)}
+    assert np.array_equal(scale_indices(log_scales, thresholds, 2.0), whole[2])
+    previous = whole[-3]
+    for sixteenths in range(-47, 33):  # -2.9375 .. +2: never below the step before
+        index = scale_indices(log_scales, thresholds, sixteenths / 16)
+        assert np.all(index >= previous) and np.all(index - previous <= 1)
+        previous = index
+    assert np.array_equal(previous, whole[2])
+
+
+def test_a_fraction_of_a_step_codes_slices_as_version_4(pixels: np.ndarray) -> None:
+    model = conditional(scale=0.5)
+    assert codec.format_version(model, -1.25) == 4
+    payloads = codec.encode_image(model, pixels, -1.25)
+    out = codec.decode_image(model, payloads, 200, 150, -1.25, codec.TILE_SIZE, 4)
+    assert psnr(pixels, out) > 20
+    sizes = [sum(map(len, codec.encode_image(model, pixels, s))) for s in (-2, -1.25, -1)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
 
 
 def test_dequantize_fixed_is_bounded() -> None:

@@ -27,7 +27,7 @@ from pillow_kae.entropy_models.fixed_point import (
 from pillow_kae.zoo import card
 from pillow_kae.zoo.weights import load_arrays
 
-QUALITY = 60
+QUALITY = 62  # between two anchors: a fraction of a gain step (format version 4)
 RUNTIME_KNOBS = ("KAE_NUM_THREADS",)
 BLAS_KNOBS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -113,7 +113,7 @@ WORKER = textwrap.dedent(
             )
             decoder = new_decoder(words)
             z_hat = model.z_coder.decode(decoder, codec._channel_tables(z_shape))
-            means, indices = codec._params(model, z_hat, header.gain_step)
+            means, indices = codec._params(model, z_hat, header.step)
             symbols = model.y_coder.decode(decoder, indices)
             with Image.open(kae_path) as im:
                 im.load()
@@ -157,14 +157,14 @@ WORKER = textwrap.dedent(
         height, width = pixels.shape[:2]
         if mode == "encode":
             spy("encode")
-            payloads = codec.encode_image(model, pixels, -2, 64)
+            payloads = codec.encode_image(model, pixels, -1.5, 64)
             np.savez(payload_path, *[np.frombuffer(p, np.uint8) for p in payloads])
             decoded = np.zeros_like(pixels)
         else:
             spy("decode")
             with np.load(payload_path) as stored:
                 payloads = [stored[f"arr_{i}"].tobytes() for i in range(len(stored.files))]
-            decoded = codec.decode_image(model, payloads, width, height, -2, 64, 3)
+            decoded = codec.decode_image(model, payloads, width, height, -1.5, 64, 4)
         np.savez(
             out_path,
             values=np.concatenate(seen["values"]),
@@ -264,6 +264,9 @@ def test_encoder_spy_matches_encode_image_steps(cross_process, encoded_under):
 
 @pytest.mark.parametrize("encoded_under", ["A", "B"])
 def test_symbols_identical_across_processes(cross_process, encoded_under):
+    from pillow_kae import container
+
+    assert cross_process["files"][encoded_under][8 + 8] == container.FINE_GAIN_VERSION
     enc = cross_process[f"enc{encoded_under}"]
     dec_a = cross_process[f"decA_{encoded_under}"]
     dec_b = cross_process[f"decB_{encoded_under}"]
@@ -278,7 +281,7 @@ def test_symbols_identical_across_processes(cross_process, encoded_under):
 
 def test_channel_conditional_symbols_identical_across_processes(worker, tmp_path, smooth):
     """The integer slice transforms pick the same tables in every process and setting:
-    encoded under one, decoded under two others, four tiles, gain step -2."""
+    encoded under one, decoded under two others, four tiles, gain step -1.5 (version 4)."""
     from tests.test_channel_conditional import slice_arrays
 
     arrays = slice_arrays(192, 4, 8, scale=0.3, seed=7)

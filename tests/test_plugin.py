@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -276,10 +277,44 @@ def test_unknown_model_names_installed_ones(small_rgb):
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("gain_step", [64, -64, 1.5, True])
+@pytest.mark.parametrize("gain_step", [64, -64, 1.03, True, "2", float("nan")])
 def test_gain_step_validation(gain_step, small_rgb):
     with pytest.raises(ValueError, match="gain_step"):
         small_rgb.save(io.BytesIO(), "KAE", gain_step=gain_step)
+
+
+def test_every_quality_is_its_own_rate_point() -> None:
+    """Quality 1..100 climbs the ladder strictly: model by model, step by step in sixteenths,
+    through every anchor; an explicit model's steps climb too."""
+    from pillow_kae.zoo import quality as ladder
+
+    order = {name: i for i, name in enumerate(dict.fromkeys(n for n, _ in ladder.ladder()))}
+    points = [ladder.choose(q) for q in range(1, 101)]
+    ranks = [(order[name], step) for name, step in points]
+    assert all(a < b for a, b in itertools.pairwise(ranks))
+    assert all(step * 16 == int(step * 16) for _, step in points)
+    for quality, name, step in ladder.anchor_qualities():
+        assert ladder.choose(quality) == (name, step)
+    assert ladder.choose(1) == ladder.ladder()[0] and ladder.choose(100) == ladder.ladder()[-1]
+    steps = [ladder.choose(q, "kae-mid")[1] for q in range(1, 101)]
+    assert all(a < b for a, b in itertools.pairwise(steps)) and steps[74] == 0
+
+
+def test_a_fraction_of_a_gain_step_is_version_4(make_image) -> None:
+    from pillow_kae import container
+
+    im = make_image(64, 48)
+    coded = {}
+    for step in (1, 1.5, 2, 2.0):
+        buffer = io.BytesIO()
+        im.save(buffer, "KAE", model="kae-mid", gain_step=step)
+        header, _ = container.read_header(io.BytesIO(buffer.getvalue()))
+        assert header.step == step and header.version == (4 if step == 1.5 else 2)
+        with Image.open(buffer) as out:
+            out.load()
+        coded[step] = buffer.getvalue()
+    assert coded[2] == coded[2.0]  # a whole step is the same file, whatever its type
+    assert len(coded[1]) < len(coded[1.5]) < len(coded[2])
 
 
 def test_explicit_model_and_gain_step(make_image, roundtrip, psnr_db):

@@ -47,15 +47,12 @@ def roundtrip(image: Image.Image, fmt: str, **options: object) -> Coded:
 
 
 def ladder_qualities() -> list[tuple[int, str, int]]:
-    """One quality per rate point of the default ladder: (quality, model, gain step).
+    """The quality of each anchor of the default ladder: (quality, model, gain step).
 
-    The lowest quality that reaches each point, lowest rate first; derived from
-    ``quality.choose`` so that it follows the ladder whatever models are installed.
+    Lowest rate first, from ``quality.anchor_qualities`` so that it follows the ladder
+    whatever models are installed (the qualities between anchors interpolate the gain step).
     """
-    seen: dict[tuple[str, int], int] = {}
-    for q in range(1, 101):
-        seen.setdefault(ladder.choose(q), q)
-    return [(seen[point], *point) for point in ladder.ladder() if point in seen]
+    return ladder.anchor_qualities()
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,7 @@ _AVIF_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90)
 _JXL_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 # ``kae-effort``: the ladder with this encode-time search (pillow_kae.refinement).
 BENCH_EFFORT = 4
-# One model alone: a quality per gain step, -6 .. +2 (``quality.model_gain_step``).
+# One model alone: about a quality per gain step, -6 .. +2 (``quality.model_gain_step``).
 _MODEL_QUALITIES = (1, 13, 25, 38, 50, 63, 75, 88, 100)
 
 

@@ -169,7 +169,7 @@ def write_crop(
     setting = codecs[kae].describe(choice.quality)
     kae_text = (
         f"{codecs[kae].label}\nq{choice.quality} ({setting['model']}, "
-        f"gain step {setting['gain_step']:+d})"
+        f"gain step {setting['gain_step']:+g})"
     )
     panels = [
         _panel(

@@ -139,7 +139,7 @@ def _range(values: Sequence[float], spec: str) -> str:
 def _setting(codec: Codec, quality: int) -> str:
     setting = codec.describe(quality)
     if "model" in setting:
-        return f"q{quality} ({setting['model']}, gain step {setting['gain_step']:+d})"
+        return f"q{quality} ({setting['model']}, gain step {setting['gain_step']:+g})"
     return f"q{quality}"
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import decimal
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from pillow_kae.container import GAIN_STEP_DIVISIONS
 from pillow_kae.entropy_models.gaussian_conditional import SCALE_LEVELS, SCALE_MAX, SCALE_MIN
 
 WEIGHT_BITS = 12
@@ -123,14 +125,46 @@ class FixedPointSliceTransforms:
         return x
 
 
-def scale_indices(log_scales: np.ndarray, thresholds: np.ndarray, shift: int = 0) -> np.ndarray:
+def scale_indices(log_scales: np.ndarray, thresholds: np.ndarray, shift: float = 0) -> np.ndarray:
     """Table index per element: count of integer thresholds <= fixed-point log-scale, + shift.
 
-    ``shift`` moves along the geometric scale table; it is how a latent gain of
-    ratio**shift is applied without any floating-point math on the decoder's side.
+    ``shift`` (the gain step) moves along the geometric scale table; it is how a latent gain
+    of ratio**shift is applied without any floating-point math on the decoder's side. A
+    whole step moves the index; a fraction of one (a multiple of 1/GAIN_STEP_DIVISIONS)
+    first adds its exact integer share of a step to the log-scales.
     """
-    index = np.searchsorted(thresholds, log_scales, side="right") + shift
+    whole = math.floor(shift)
+    offset = fraction_offset_fixed(shift - whole)
+    shifted = log_scales + offset if offset else log_scales
+    index = np.searchsorted(thresholds, shifted, side="right") + whole
     return np.clip(index, 0, thresholds.size).astype(np.int64)
+
+
+def check_gain_step(step: object, name: str = "gain step") -> float:
+    """A gain step as the codec takes it: a number that is a multiple of 1/GAIN_STEP_DIVISIONS."""
+    if isinstance(step, bool) or not isinstance(step, int | float):
+        raise ValueError(f"{name} must be a number, not {step!r}")
+    sixteenths = step * GAIN_STEP_DIVISIONS
+    if not math.isfinite(sixteenths) or sixteenths != round(sixteenths):
+        raise ValueError(f"{name} must be a multiple of 1/{GAIN_STEP_DIVISIONS}, not {step!r}")
+    return float(step)
+
+
+@functools.cache
+def fraction_offset_fixed(fraction: float) -> int:
+    """round(fraction * ln r * 2**ACTIVATION_BITS): a fraction of a gain step in log-scale units.
+
+    Computed with ``decimal`` (correctly rounded ``ln`` at 50 digits) from the table's decimal
+    constants, so every decoder gets the same integer; 0 for a whole step.
+    """
+    if not fraction:
+        return 0
+    with decimal.localcontext() as context:
+        context.prec = 50
+        ratio = decimal.Decimal(repr(SCALE_MAX)) / decimal.Decimal(repr(SCALE_MIN))
+        log_ratio = ratio.ln() / (SCALE_LEVELS - 1)
+        value = decimal.Decimal(fraction) * log_ratio * (1 << ACTIVATION_BITS)
+        return int(value.to_integral_value(decimal.ROUND_HALF_EVEN))
 
 
 def log_scale_thresholds_fixed(thresholds: np.ndarray) -> np.ndarray:
@@ -150,7 +184,7 @@ def dequantize_fixed(means: np.ndarray, symbols: np.ndarray, inverse_gain: int) 
 
 
 @functools.cache
-def inverse_gain_fixed(step: int) -> int:
+def inverse_gain_fixed(step: float) -> int:
     """round(2**(ACTIVATION_BITS + GAIN_BITS) / r**step), r the ratio of the scale table.
 
     Computed with ``decimal`` (software arithmetic at 50 digits) from the table's decimal
@@ -159,6 +193,6 @@ def inverse_gain_fixed(step: int) -> int:
     with decimal.localcontext() as context:
         context.prec = 50
         ratio = decimal.Decimal(repr(SCALE_MAX)) / decimal.Decimal(repr(SCALE_MIN))
-        exponent = decimal.Decimal(-step) / (SCALE_LEVELS - 1)
+        exponent = decimal.Decimal(-step) / (SCALE_LEVELS - 1)  # exact: step is k/16
         value = decimal.Decimal(1 << (ACTIVATION_BITS + GAIN_BITS)) * ratio**exponent
         return int(value.to_integral_value(decimal.ROUND_HALF_EVEN))

@@ -1,16 +1,21 @@
 """``quality`` (1-100) -> (model, gain step).
 
-The ladder lists rate points in increasing order of bytes: each is a shipped model at a
-latent gain step. Without a ``model`` option, quality spreads evenly over the ladder, so a
-lower quality never gives a larger file (on average; the steps were measured on Kodak by
-``benchmarks/ladder.py``, which prints the figures this table was chosen from: every point
-is on the upper envelope of the shipped models; all but the top one beat JPEG's PSNR at the
-same bytes, and the top one is kept so that quality reaches 35 dB rather than stopping).
+The ladder lists anchor rate points in increasing order of bytes: each is a shipped model
+at a whole latent gain step. Without a ``model`` option, the anchors spread evenly over the
+quality scale (the first at 1, the last at 100) and the qualities between two anchors move
+the gain step between them in sixteenths of a step, so that every quality is its own rate
+point: a higher quality always gives a larger file and a higher PSNR (on average; the
+anchors were measured on Kodak by ``benchmarks/ladder.py``, which prints the figures this
+table was chosen from: every anchor is on the upper envelope of the shipped models; all but
+the top one beat JPEG's PSNR at the same bytes, and the top one is kept so that quality
+reaches 35 dB rather than stopping). Where the next anchor is another model, the lower
+model continues by up to ``BRIDGE`` of a step, which stays below the next model's bytes.
 """
 
 from __future__ import annotations
 
-from pillow_kae.container import MAX_GAIN_STEP
+from pillow_kae.container import GAIN_STEP_DIVISIONS, MAX_GAIN_STEP
+from pillow_kae.entropy_models.fixed_point import check_gain_step
 from pillow_kae.zoo import card, installed
 
 LADDER: tuple[tuple[str, int], ...] = (
@@ -31,6 +36,7 @@ LADDER: tuple[tuple[str, int], ...] = (
     ("kae-high", 2),
     ("kae-high", 4),  # 1.6 bpp, 35.5 dB on Kodak: 0.35 dB behind JPEG at those bytes
 )
+BRIDGE = 0.5  # gain steps the lower model goes beyond its last anchor before the next model
 
 
 def _check_quality(quality: object) -> int:
@@ -40,7 +46,7 @@ def _check_quality(quality: object) -> int:
 
 
 def ladder() -> list[tuple[str, int]]:
-    """The rate points of the default ladder whose models are installed, by increasing rate."""
+    """The anchors of the default ladder whose models are installed, by increasing rate."""
     models = installed()
     points = [p for p in LADDER if p[0] in models]
     if not points:
@@ -48,29 +54,55 @@ def ladder() -> list[tuple[str, int]]:
     return points
 
 
-def model_gain_step(quality: int, model: str) -> int:
+def anchor_qualities() -> list[tuple[int, str, int]]:
+    """(quality, model, gain step) of each anchor of the installed ladder."""
+    points = ladder()
+    last = max(len(points) - 1, 1)
+    return [(1 + round(k * 99 / last), *point) for k, point in enumerate(points)]
+
+
+def _to_sixteenths(step: float) -> float:
+    return round(step * GAIN_STEP_DIVISIONS) / GAIN_STEP_DIVISIONS
+
+
+def ladder_point(quality: int) -> tuple[str, float]:
+    """The default ladder's rate point for ``quality``: an anchor, or a step between two."""
+    anchors = anchor_qualities()
+    if len(anchors) == 1:
+        return anchors[0][1:]
+    if quality >= anchors[-1][0]:
+        return anchors[-1][1:]
+    k = max(i for i, (q, *_) in enumerate(anchors) if q <= quality)
+    (q0, model0, step0), (q1, model1, step1) = anchors[k], anchors[k + 1]
+    t = (quality - q0) / (q1 - q0)
+    span = step1 - step0 if model1 == model0 else BRIDGE
+    return model0, _to_sixteenths(step0 + t * span)
+
+
+def model_gain_step(quality: int, model: str) -> float:
     """With an explicit model, quality moves along that model's own rate: 75 is the rate it
     was trained for (gain step 0), each 12.5 quality points one gain step, within -6..+2
     (beyond those the shipped models fall behind JPEG). seed-dense has one rate only."""
     if card(model).kind == "seed-dense":
-        return 0
-    return min(max(round((quality - 75) / 12.5), -6), 2)
+        return 0.0
+    return _to_sixteenths(min(max((quality - 75) / 12.5, -6), 2))
 
 
-def choose(quality: object, model: str | None = None, gain_step: object = None) -> tuple[str, int]:
-    """Validate the save options and pick the rate point; unknown models are a ValueError."""
+def choose(
+    quality: object, model: str | None = None, gain_step: object = None
+) -> tuple[str, float]:
+    """Validate the save options and pick the rate point; unknown models are a ValueError.
+
+    ``gain_step`` overrides the quality's: a number, a multiple of 1/16, within +-63."""
     quality = _check_quality(quality)
     if model is None:
-        points = ladder()
-        name, step = points[round((quality - 1) / 99 * (len(points) - 1))]
+        name, step = ladder_point(quality)
     elif not isinstance(model, str):
         raise ValueError(f"model must be a model name, not {model!r}")
     else:
         name, step = model, model_gain_step(quality, model)
     if gain_step is not None:
-        if isinstance(gain_step, bool) or not isinstance(gain_step, int):
-            raise ValueError(f"gain_step must be an integer, not {gain_step!r}")
-        if not -MAX_GAIN_STEP <= gain_step <= MAX_GAIN_STEP:
+        step = check_gain_step(gain_step, "gain_step")
+        if not -MAX_GAIN_STEP <= step <= MAX_GAIN_STEP:
             raise ValueError(f"gain_step must be from {-MAX_GAIN_STEP} to {MAX_GAIN_STEP}")
-        step = gain_step
-    return name, step
+    return name, float(step)
