@@ -1,6 +1,6 @@
 """The ``effort`` table: BD-rate gain and encode seconds per image of each effort level.
 
-    python -m benchmarks.effort [--efforts 0,1,2,4] [--qualities 11,31,58,84,97]
+    python -m benchmarks.effort [--efforts 0,1,2,4] [--qualities 14,34,60,87,100]
                                 [--folder DIR] [--every N] [--out out/effort.json]
 
 Every image is saved through Pillow (``img.save(..., quality=q, effort=e)``) at each ladder
@@ -33,7 +33,7 @@ from pillow_kae.zoo import quality as ladder
 
 # Five points of the default ladder, about 0.15 to 1.6 bpp on Kodak: each model at the rate
 # it was trained for, and both ends, so that a level's gain is seen at every rate.
-DEFAULT_QUALITIES = (11, 31, 58, 84, 97)
+DEFAULT_QUALITIES = (14, 34, 60, 87, 100)  # ladder anchors: kae-low -6, 0, mid 0, high 0, +4
 
 
 def code(image: Image.Image, quality: int, effort: int) -> tuple[int, float, float]:

@@ -20,8 +20,10 @@ runs g_s window by window with ``SYNTHESIS_MARGIN`` latents of context, keeping 
 window's centre: the pixels do not depend on tiles or windows. Memory is the image, y_hat
 (1/256 of the pixels x 192 channels) and one window's activations.
 
-Version 1 files coded each tile on its own, pixels included (visible seams); they still
-decode. The seed-dense model codes 48x48 blocks in independent tiles in both versions.
+Version 3 is version 2 with y coded in channel slices (``_SliceContext``); version 4 is
+either, at a gain step between whole steps (``fixed_point.scale_indices``). Version 1 files
+coded each tile on its own, pixels included (visible seams); they still decode. The
+seed-dense model codes 48x48 blocks in independent tiles in both versions.
 """
 
 from __future__ import annotations
