@@ -1,6 +1,7 @@
 """Every save quality, 1 to 100: mean bytes and PSNR, and whether both climb strictly.
 
-    python -m benchmarks.quality [--folder DIR] [--every N] [--qualities 1-100] [--out FILE]
+    python -m benchmarks.quality [--folder DIR] [--every N [--first I]] [--qualities 1-100]
+                                 [--out FILE]
 
 Each image is saved with ``Image.save(..., quality=q)`` (the default ladder) and decoded
 with ``Image.open``; the table gives mean bpp, PSNR and Pillow JPEG's PSNR at the same bytes
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--every", type=int, default=1, help="every N-th image")
+    parser.add_argument("--first", type=int, default=0, help="with --every: start at image I")
     parser.add_argument("--qualities", default="1-100", help="a range, e.g. 1-100")
     parser.add_argument("--out", type=Path, default=None, help="JSON of the table")
     args = parser.parse_args(argv)
-    folder, paths = test_images(args.folder, args.every)
+    folder, paths = test_images(args.folder)
+    paths = paths[args.first :: args.every]
     qualities = _qualities(args.qualities)
     print(f"{len(paths)} images from {folder}; qualities {qualities[0]}-{qualities[-1]}")
     means = sweep(paths, qualities)
