@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qualities", default="1-100", help="a range, e.g. 1-100")
     parser.add_argument("--out", type=Path, default=None, help="JSON of the table")
     args = parser.parse_args(argv)
-    folder, paths = test_images(args.folder)
-    paths = paths[args.first :: args.every]
+    folder, paths = test_images(args.folder, args.every, args.first)
     qualities = _qualities(args.qualities)
     print(f"{len(paths)} images from {folder}; qualities {qualities[0]}-{qualities[-1]}")
     means = sweep(paths, qualities)

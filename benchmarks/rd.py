@@ -28,12 +28,15 @@ KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 
 
-def test_images(folder: Path | None = None, every: int = 1) -> tuple[str, list[Path]]:
-    """Kodak when ../shared is there, else the repository's sample images; says which."""
+def test_images(
+    folder: Path | None = None, every: int = 1, first: int = 0
+) -> tuple[str, list[Path]]:
+    """Kodak when ../shared is there, else the repository's sample images; says which.
+    Every ``every``-th image from the ``first``."""
     if folder is None:
         folder = KODAK if KODAK.is_dir() else SAMPLES
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg"})
-    return str(folder), paths[::every]
+    return str(folder), paths[first::every]
 
 
 @dataclass
