@@ -1,4 +1,4 @@
-"""python -m training {train,context,export,describe} ..."""
+"""python -m training {train,context,export,describe,split,join} ..."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     describe.add_argument("names", nargs="+")
 
+    for verb, text in (
+        ("split", "cut a run's checkpoint into parts under the device tool's file limit"),
+        ("join", "put a run's checkpoint back together from its parts"),
+    ):
+        sub.add_parser(verb, help=text).add_argument("run")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout
@@ -166,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 init=args.init,
             )
         )
+    elif args.command in ("split", "join"):
+        from training import parts
+
+        getattr(parts, args.command)(Path(args.run))
     elif args.command == "describe":
         from training.export import describe_installed
 

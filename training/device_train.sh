@@ -8,6 +8,10 @@
 # kae-FROM.npz when the spec names one: a new rate point warm-started from a shipped one).
 # ARCH=channel-conditional trains y in channel slices (its slice transforms start at zero
 # when warm-started from a plain hyperprior); GAIN="LOW HIGH" trains variable-rate.
+# ARGS_NAME="..." adds options to the run NAME alone (the last of a repeated option wins),
+# e.g. ARGS_top="--channels 192 --latent-channels 320": a wider model widened from FROM.
+# Checkpoints over 15 MB come back in parts (the device tool's file limit):
+# join them with `python -m training join RUN`.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -27,6 +31,8 @@ for spec in "${specs[@]}"; do
     [ "$rest" = "$lmbda" ] || from=${rest#*:}
     init=()
     gain=()
+    extra_var="ARGS_$name"
+    read -r -a extra <<< "${!extra_var:-}"
     [ -z "${GAIN:-}" ] || read -r -a gain <<< "--gain-steps $GAIN"
     if [ -n "${INIT:-}" ]; then
         init=(--init "$INIT/$name/checkpoint.npz")
@@ -36,9 +42,10 @@ for spec in "${specs[@]}"; do
     python3 -m training train "${init[@]}" "${gain[@]}" --arch "${ARCH:-hyperprior}" --data "${data[@]}" --weights "${weights[@]}" \
         --lmbda "$lmbda" --steps "${STEPS:-1000000}" --minutes "${MINUTES:-7}" \
         --out "$OUT/$name" --lr "${LR:-3e-4}" --workers 5 --patch "${PATCH:-192}" \
-        --batch "${BATCH:-16}" --steps-per-epoch "${SPE:-200}" 2>&1 \
+        --batch "${BATCH:-16}" --steps-per-epoch "${SPE:-200}" "${extra[@]}" 2>&1 \
         | grep --line-buffered -v -E "^(WARNING|I0000|E0000)" | sed -u "s/^/[$name] /" \
         >> "$OUT/train.log" &
 done
 wait
+for spec in "${specs[@]}"; do python3 -m training split "$OUT/${spec%%:*}"; done
 tail -n 5 "$OUT/train.log"

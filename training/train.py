@@ -27,6 +27,7 @@ from pillow_kae.models.hyperprior import LOG_GAIN_RATIO
 from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
 from training.data import list_images, load_images, random_crops
 from training.lineage import CHECKPOINT, STATE, init_history
+from training.widen import arch_of, widen_arrays
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,13 @@ def train(config: TrainConfig) -> Path:
         elif config.init:
             # A channel-conditional model may start from a plain hyperprior: its slice
             # transforms then start at zero, coding exactly as the hyperprior did.
-            assign_weights(model, load_arrays(config.init), missing_ok=("slice",))
+            arrays = load_arrays(config.init)
+            narrow = arch_of(arrays) if "g_a/conv0/kernel" in arrays else {}
+            wide = {key: config.arch.get(key, value) for key, value in narrow.items()}
+            if wide != narrow:
+                arrays = widen_arrays(arrays, model, narrow, wide)
+                log.info("widened %s to %s", narrow, wide)
+            assign_weights(model, arrays, missing_ok=("slice",))
             log.info("warm start from %s", config.init)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
