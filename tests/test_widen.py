@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,10 +17,9 @@ NARROW = {"channels": 8, "latent_channels": 12, "hyper_channels": 8}
 WIDE = {"channels": 12, "latent_channels": 20, "hyper_channels": 8}
 
 
-def _narrow_model() -> object:
-    """A narrow model whose GDNs couple every channel, so a leak from a new one would show."""
-    model = models.build("mean-scale-hyperprior", NARROW)
-    rng = np.random.default_rng(0)
+def _coupled(model: object, seed: int) -> object:
+    """``model`` with GDNs that couple every channel, so that a leak from a new one shows."""
+    rng = np.random.default_rng(seed)
     arrays = weights_to_arrays(model, compact=False)
     for key, value in arrays.items():
         if key.endswith("gamma"):
@@ -29,11 +30,15 @@ def _narrow_model() -> object:
     return model
 
 
+def _narrow_model() -> object:
+    return _coupled(models.build("mean-scale-hyperprior", NARROW), seed=0)
+
+
 def test_widened_model_reconstructs_as_the_narrow_one() -> None:
     narrow = _narrow_model()
     arrays = weights_to_arrays(narrow, compact=False)
     assert arch_of(arrays) == NARROW
-    wide = models.build("mean-scale-hyperprior", WIDE)
+    wide = _coupled(models.build("mean-scale-hyperprior", WIDE), seed=3)  # any initial values
     assign_weights(wide, widen_arrays(arrays, wide, NARROW, WIDE))
     x = np.random.default_rng(1).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
 
@@ -63,3 +68,22 @@ def test_widening_refuses_to_narrow_or_change_the_hyper_latent() -> None:
     model = models.build("mean-scale-hyperprior", other_z)
     with pytest.raises(ValueError, match="hyper-latent"):
         widen_arrays(arrays, model, NARROW, other_z)
+
+
+def test_checkpoint_parts_split_under_the_limit_and_join_back(tmp_path: Path) -> None:
+    from training import parts
+    from training.lineage import CHECKPOINT
+
+    rng = np.random.default_rng(2)
+    arrays = {f"g_a/conv{i}/kernel": rng.normal(size=(64, 64)).astype("float32") for i in range(5)}
+    np.savez(tmp_path / CHECKPOINT, **arrays)
+    assert parts.split(tmp_path, limit=40_000) and not (tmp_path / CHECKPOINT).exists()
+    pieces = sorted(tmp_path.glob("checkpoint.part*.npz"))
+    assert len(pieces) == 3  # two 16 kB arrays fit in 40 kB, three do not
+    parts.join(tmp_path)
+    with np.load(tmp_path / CHECKPOINT) as joined:
+        assert sorted(joined.files) == sorted(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(joined[key], value)
+    assert not list(tmp_path.glob("checkpoint.part*.npz"))
+    assert parts.split(tmp_path) == []  # under the default limit: left whole
