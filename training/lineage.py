@@ -44,6 +44,8 @@ def stage(state: dict) -> dict:
         "batch": config.get("batch"),
         "patch": config.get("patch"),
         "data": {folder: weight for folder, weight in zip(folders, weights, strict=True)},
+        **({"gain_steps": config["gain_steps"]} if config.get("gain_steps") else {}),
+        **({"arch": config["arch"]} if config.get("arch") else {}),
         **({"note": config["note"]} if config.get("note") else {}),
     }
 
