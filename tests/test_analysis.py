@@ -82,10 +82,18 @@ def test_surprise_rejects_bad_input():
         pillow_kae.surprise(Image.new("RGB", (4, 4)), model="nope")
 
 
+def _default_latent_channels() -> int:
+    """y's depth for the model that features() uses by default (the one quality 75 uses)."""
+    from pillow_kae.zoo import card
+    from pillow_kae.zoo import quality as ladder
+
+    return card(ladder.choose(75)[0]).arch["latent_channels"]
+
+
 def test_features_shape_and_determinism():
     image = Image.fromarray(smooth_array(70, 33), "RGB")
     first = pillow_kae.features(image)
-    assert first.shape == (3, 5, 192)
+    assert first.shape == (3, 5, _default_latent_channels())
     assert first.dtype == np.float32
     assert np.array_equal(first, pillow_kae.features(image))
     assert np.abs(first).max() > 0
@@ -95,7 +103,7 @@ def test_features_across_tiles_match_each_tile():
     """A wide image is processed in 1024-pixel tiles; each tile's block is its own latent."""
     array = smooth_array(1040, 20)
     whole = pillow_kae.features(Image.fromarray(array, "RGB"))
-    assert whole.shape == (2, 65, 192)
+    assert whole.shape == (2, 65, _default_latent_channels())
     left = pillow_kae.features(Image.fromarray(array[:, :1024], "RGB"))
     assert np.array_equal(whole[:, :64], left)
 
