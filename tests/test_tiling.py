@@ -140,9 +140,10 @@ def test_version_1_multi_tile_files_decode(model, pixels, kae_decode):
     assert np.array_equal(np.asarray(kae_decode(data)), expected)
 
 
-def test_version_3_naming_a_model_without_slices_is_refused(small_kae, kae_decode):
+def test_version_3_naming_a_model_without_slices_is_refused(small_rgb, kae_encode, kae_decode):
+    whole_step = kae_encode(small_rgb, gain_step=-2)  # version 2: whole steps fit version 3
     with pytest.raises(OSError, match="version 3 does not match"):
-        kae_decode(_with_header(small_kae, version=3))
+        kae_decode(_with_header(whole_step, version=3))
 
 
 def test_unknown_version_is_refused(small_kae):
