@@ -1,6 +1,6 @@
 """The ``effort`` table: BD-rate gain and encode seconds per image of each effort level.
 
-    python -m benchmarks.effort [--efforts 0,1,2,4] [--qualities 14,34,60,87,100]
+    python -m benchmarks.effort [--efforts 0,1,2,4] [--qualities 12,29,51,89,100]
                                 [--folder DIR] [--every N] [--out out/effort.json]
 
 Every image is saved through Pillow (``img.save(..., quality=q, effort=e)``) at each ladder
@@ -31,9 +31,23 @@ from pillow_kae.bench.metrics import psnr
 from pillow_kae.refinement import EFFORT_STEPS
 from pillow_kae.zoo import quality as ladder
 
-# Five points of the default ladder, about 0.15 to 1.6 bpp on Kodak: each model at the rate
-# it was trained for, and both ends, so that a level's gain is seen at every rate.
-DEFAULT_QUALITIES = (14, 34, 60, 87, 100)  # ladder anchors: kae-low -6, 0, mid 0, high 0, +4
+# Five anchors of the default ladder, about 0.12 to 3 bpp on Kodak: each model at the rate
+# it was trained for, and both ends, so that a level's gain is seen at every rate. Named by
+# rate point, so that a new ladder moves their qualities (or fails here) rather than
+# silently measuring other points.
+DEFAULT_POINTS = (
+    ("kae-low", -6),
+    ("kae-low", 0),
+    ("kae-mid", 0),
+    ("kae-xhigh", 0),
+    ("kae-xhigh", 4),
+)
+
+
+def default_qualities() -> list[int]:
+    """The qualities of ``DEFAULT_POINTS`` on today's ladder."""
+    quality_of = {(model, step): quality for quality, model, step in ladder.anchor_qualities()}
+    return [quality_of[point] for point in DEFAULT_POINTS]
 
 
 def code(image: Image.Image, quality: int, effort: int) -> tuple[int, float, float]:
@@ -52,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--efforts", default="0,1,2,4", help="effort levels; 0 is the anchor")
     parser.add_argument(
-        "--qualities", default=",".join(map(str, DEFAULT_QUALITIES)), help="save qualities"
+        "--qualities", default=",".join(map(str, default_qualities())), help="save qualities"
     )
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--every", type=int, default=1, help="every N-th image")

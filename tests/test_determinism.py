@@ -25,6 +25,7 @@ from pillow_kae.entropy_models.fixed_point import (
     IntConv,
 )
 from pillow_kae.zoo import card
+from pillow_kae.zoo import quality as ladder
 from pillow_kae.zoo.weights import load_arrays
 
 QUALITY = 62  # between two anchors: a fraction of a gain step (format version 4)
@@ -270,8 +271,6 @@ def test_symbols_identical_across_processes(cross_process, encoded_under):
     enc = cross_process[f"enc{encoded_under}"]
     dec_a = cross_process[f"decA_{encoded_under}"]
     dec_b = cross_process[f"decB_{encoded_under}"]
-    from pillow_kae.zoo import quality as ladder
-
     arch = card(ladder.choose(QUALITY)[0]).arch  # the model that quality codes with
     assert dec_a["z_hat"].shape == (2, 2, arch["hyper_channels"])
     assert dec_a["y"].shape == (8, 8, arch["latent_channels"])

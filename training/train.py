@@ -223,7 +223,7 @@ def train(config: TrainConfig) -> Path:
             # A channel-conditional model may start from a plain hyperprior: its slice
             # transforms then start at zero, coding exactly as the hyperprior did.
             arrays = load_arrays(config.init)
-            narrow = arch_of(arrays) if "g_a/conv0/kernel" in arrays else {}
+            narrow = arch_of(arrays)
             wide = {key: config.arch.get(key, value) for key, value in narrow.items()}
             if wide != narrow:
                 arrays = widen_arrays(arrays, model, narrow, wide)

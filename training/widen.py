@@ -37,6 +37,15 @@ def _positions(layout: _Layout, old: dict[str, int], new: dict[str, int]) -> np.
     raise ValueError(layout)
 
 
+def _axes(arch: dict[str, int]) -> dict[str, int]:
+    """Channels of each widenable kind of axis, from a hyperprior's arch."""
+    return {
+        "hidden": arch["channels"],
+        "latent": arch["latent_channels"],
+        "hyper": arch["hyper_channels"],
+    }
+
+
 # (input layout, output layout) of every convolution, by its weights' key prefix.
 _CONVS: dict[str, tuple[_Layout, _Layout]] = {
     "g_a/conv0": ("image", "hidden"),
@@ -62,14 +71,9 @@ def widen_arrays(
     """The wide ``model``'s weights, holding the ``narrow`` model's (architectures ``old`` and
     ``new``: channels/latent_channels/hyper_channels) so that the old channels compute as before.
     """
-    dims = {
-        "old": {"hidden": old["channels"], "latent": old["latent_channels"]},
-        "new": {"hidden": new["channels"], "latent": new["latent_channels"]},
-    }
-    if old["hyper_channels"] != new["hyper_channels"]:
+    dims = {side: _axes(arch) for side, arch in (("old", old), ("new", new))}
+    if dims["old"]["hyper"] != dims["new"]["hyper"]:
         raise ValueError("widening keeps the hyper-latent (and its entropy model) as it is")
-    for side in ("old", "new"):
-        dims[side]["hyper"] = old["hyper_channels"]
     if any(dims["new"][k] < dims["old"][k] for k in ("hidden", "latent")):
         raise ValueError(f"cannot narrow {old} to {new}")
     wide = weights_to_arrays(model, compact=False)
@@ -111,7 +115,9 @@ def widen_arrays(
 
 
 def arch_of(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """The channel counts of a hyperprior's weights."""
+    """The channel counts of a hyperprior's weights ({} for weights of another kind)."""
+    if "g_a/conv0/kernel" not in arrays:
+        return {}
     return {
         "channels": int(arrays["g_a/conv0/kernel"].shape[3]),
         "latent_channels": int(arrays["g_a/conv3/kernel"].shape[3]),
