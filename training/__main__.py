@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--kodak", default="../shared/data/kodak", help="evaluation images")
     export.add_argument("--max-images", type=int, default=None)
     export.add_argument("--data-note", default=None, help="describe the training data")
+    export.add_argument(
+        "--storage",
+        choices=("float16", "int8"),
+        default="int8",
+        help="pixel-side kernels as stored (int8: per-filter scales, half the bytes)",
+    )
 
     describe = sub.add_parser(
         "describe", help="write the inference graph into installed model cards (weights untouched)"
@@ -190,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             args.name,
             kodak=args.kodak,
             data_note=args.data_note,
+            storage=args.storage,
             max_images=args.max_images,
         )
     return 0

@@ -3,6 +3,9 @@
 The coding tables are computed here, once, in floating point, and stored as integers; the
 runtime never recomputes them. The card records the data, steps and lambda of the run and
 the rate-distortion the shipped file measures on Kodak through the real codec.
+
+A new export that takes an installed model's name first retires the old weights (``retire``),
+so files made with them keep decoding.
 """
 
 from __future__ import annotations
@@ -20,15 +23,54 @@ from pillow_kae.entropy_models.fixed_point import log_scale_thresholds_fixed
 from pillow_kae.entropy_models.gaussian_conditional import log_scale_thresholds, scale_table
 from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
 from pillow_kae.runtime import graph
-from pillow_kae.zoo import WEIGHTS_DIR, ModelCard, installed
+from pillow_kae.zoo import RETIRED, WEIGHTS_DIR, ModelCard, installed, retired
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
-from pillow_kae.zoo.weights import assign_weights, load_arrays, weights_to_arrays
+from pillow_kae.zoo.weights import assign_weights, load_arrays, quantize_int8, weights_to_arrays
 from training.lineage import CHECKPOINT, STATE, run_stages
 
 log = logging.getLogger(__name__)
 
 Z_SEARCH_RADIUS = 64
 Z_TAIL_MASS = 1e-6
+ENCODER_PREFIXES = ("g_a/", "h_a/", "encoder/")  # arrays that decoding never reads
+STORAGES = ("float16", "int8")
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def retire(name: str) -> Path | None:
+    """Keep the decoder of installed model ``name`` in ``weights/retired/``; returns its card.
+
+    The decoder-side arrays are copied as stored (same dtypes, same values), so files that
+    name these weights decode exactly as before; the card keeps the digest they name and
+    records the stripped file's own digest. None when ``name`` is not installed.
+    """
+    old = installed().get(name)
+    if old is None:
+        return None
+    with np.load(old.path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if not k.startswith(ENCODER_PREFIXES)}
+    data = _npz_bytes(arrays)
+    stem = f"{name}-{old.sha256[:12]}"
+    folder = WEIGHTS_DIR / RETIRED
+    folder.mkdir(exist_ok=True)
+    (folder / f"{stem}.npz").write_bytes(data)
+    card = ModelCard(
+        **{
+            **old.__dict__,
+            "weights": f"{RETIRED}/{stem}.npz",
+            "stored_sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
+    card_path = folder / f"{stem}.json"
+    card_path.write_text(card.to_json())
+    retired.cache_clear()
+    log.info("retired %s %s... (decoder only, %.1f MB)", name, old.sha256[:12], len(data) / 1e6)
+    return card_path
 
 
 def z_tables(model: object) -> dict[str, np.ndarray]:
@@ -78,9 +120,16 @@ def export(
     name: str,
     kodak: str | Path | None = None,
     data_note: str | None = None,
+    storage: str = "int8",
     **eval_args: object,
 ) -> Path:
-    """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path."""
+    """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path.
+
+    ``storage="int8"`` stores the pixel-side kernels as int8 (``zoo.weights.quantize_int8``);
+    the card's evaluation measures the file as stored.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
     run = Path(run)
     state = json.loads((run / STATE).read_text())
     config = state["config"]
@@ -89,15 +138,19 @@ def export(
     assign_weights(model, load_arrays(run / CHECKPOINT))
 
     arrays = weights_to_arrays(model, compact=True)
+    if storage == "int8" and kind != "seed-dense":  # seed-dense has no conv kernels
+        arrays = quantize_int8(arrays)
+    else:
+        storage = "float16"
     arrays.update(z_tables(model))
     if kind != "seed-dense":
         arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
         arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    data = buffer.getvalue()
+    data = _npz_bytes(arrays)
 
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    if name in installed() and installed()[name].sha256 != hashlib.sha256(data).hexdigest():
+        retire(name)
     weights_path = WEIGHTS_DIR / f"{name}.npz"
     weights_path.write_bytes(data)
     card = ModelCard(
@@ -109,6 +162,7 @@ def export(
         kind=kind,
         training=training_record(state, data_note),
         graph=graph.describe(model, kind),
+        storage=storage,
     )
     card_path = WEIGHTS_DIR / f"{name}.json"
     card_path.write_text(card.to_json())

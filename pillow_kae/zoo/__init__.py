@@ -3,6 +3,10 @@
 Reading the registry never imports TensorFlow: ``Image.open``, ``kae info`` and
 ``kae models`` only need the cards. ``load`` builds the inference graphs (ONNX Runtime)
 when pixels are needed; only training builds the Keras models.
+
+When a better export takes a model's name, the old weights move to ``weights/retired/``
+with their decoder-side arrays only, byte for byte: files that name the old weights keep
+decoding exactly as before, and nothing encodes with them any more.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+RETIRED = "retired"  # subfolder of WEIGHTS_DIR
 CARD_SUFFIX = ".json"
 
 
@@ -29,6 +34,13 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     graph: dict = field(default_factory=dict)  # transform -> layer list (runtime.graph)
+    storage: str = "float16"  # pixel-side kernels: "float16" or "int8" (zoo.weights)
+    stored_sha256: str = ""  # a retired model's stripped file; sha256 stays what files name
+
+    @property
+    def file_sha256(self) -> str:
+        """The digest the weights file on disk must have."""
+        return self.stored_sha256 or self.sha256
 
     @property
     def path(self) -> Path:
@@ -53,6 +65,14 @@ def installed() -> dict[str, ModelCard]:
     """Every model whose card is in WEIGHTS_DIR, by name."""
     cards = [ModelCard.from_file(p) for p in sorted(WEIGHTS_DIR.glob(f"*{CARD_SUFFIX}"))]
     return {card.name: card for card in cards}
+
+
+@cache
+def retired() -> dict[tuple[str, str], ModelCard]:
+    """Every retired model, by name and the weights digest its files carry."""
+    folder = WEIGHTS_DIR / RETIRED
+    cards = [ModelCard.from_file(p) for p in sorted(folder.glob(f"*{CARD_SUFFIX}"))]
+    return {(card.name, card.sha256): card for card in cards}
 
 
 def card(name: str) -> ModelCard:

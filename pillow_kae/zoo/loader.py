@@ -23,7 +23,7 @@ from pillow_kae.entropy_models.fixed_point import (
 from pillow_kae.entropy_models.tables import PmfTables
 from pillow_kae.runtime import cache, graph
 from pillow_kae.runtime.session import Transform
-from pillow_kae.zoo import ModelCard, card
+from pillow_kae.zoo import ModelCard, card, retired
 from pillow_kae.zoo.weights import LazyArrays
 
 log = logging.getLogger(__name__)
@@ -172,16 +172,18 @@ def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
     """
     model_card = card(name)
     if expected_digest is not None and expected_digest != model_card.digest:
+        model_card = retired().get((name, expected_digest.hex()))
+    if model_card is None:
         raise OSError(
             f"file was made by KAE model {name!r} with weights {expected_digest.hex()[:16]}..., "
-            f"but the installed {name!r} has weights {model_card.sha256[:16]}...; "
+            f"but the installed {name!r} has weights {card(name).sha256[:16]}...; "
             "install the matching pillow-kae version to decode it"
         )
     key = (name, model_card.sha256)
     with _lock:
         if key not in _cache:
             data = model_card.path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != model_card.sha256:
+            if hashlib.sha256(data).hexdigest() != model_card.file_sha256:
                 raise OSError(f"weights file of KAE model {name!r} is damaged (hash mismatch)")
             # Parse the very bytes that were verified, not a second read of the file.
             _cache[key] = CodecModel(model_card, LazyArrays(data))

@@ -2,20 +2,26 @@
 
 Paths drop the model's own name, so a file written by one instance loads into any other.
 Large arrays are stored as float16 (halves the shipped size; the loss in PSNR is below
-0.01 dB), small ones (GDN, densities) as float32 where float16 would underflow.
+0.01 dB), small ones (GDN, densities) as float32 where float16 would underflow. An export
+may store the pixel-side kernels (g_a, g_s) as int8 with one float16 scale per 2-D filter,
+halving them again; readers dequantize on load, so every other module sees float arrays.
+The entropy side (h_a, h_s, tables) never goes below float16: h_s sets the coding tables.
 """
 
 from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
 FLOAT16_MIN_SIZE = 4096
+INT8_PREFIXES = ("g_a/", "g_s/")  # the pixel-side transforms; never the entropy side
+SCALE_SUFFIX = ":scale"  # the array of per-filter scales beside an int8 kernel
+_INT8_MAX = 127
 
 
 def _key(path: str) -> str:
@@ -41,9 +47,41 @@ def save_weights(model: object, path: str | Path, compact: bool = True) -> None:
     tmp.replace(path)
 
 
+def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Store the pixel-side conv kernels as int8 with a float16 scale per 2-D filter.
+
+    Per-filter scales (one per input/output channel pair) keep the kernels' relative error
+    near 0.5 %, half that of per-channel scales, for 8 % more bytes on 5x5 kernels.
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        kernel = key.startswith(INT8_PREFIXES) and value.ndim == 4
+        if not (kernel and value.size >= FLOAT16_MIN_SIZE):
+            out[key] = value
+            continue
+        weights = np.asarray(value, np.float32)
+        peak = np.abs(weights).max(axis=(0, 1))
+        scale = np.where(peak > 0, peak / _INT8_MAX, 1).astype(np.float16)
+        steps = np.rint(weights / scale.astype(np.float32))
+        out[key] = np.clip(steps, -_INT8_MAX, _INT8_MAX).astype(np.int8)
+        out[key + SCALE_SUFFIX] = scale
+    return out
+
+
+def _dequantize(key: str, value: np.ndarray, read: Callable[[str], np.ndarray]) -> np.ndarray:
+    if value.dtype != np.int8:
+        return value
+    return value.astype(np.float32) * read(key + SCALE_SUFFIX).astype(np.float32)
+
+
 def load_arrays(path: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
+    """Every array of a weights file by key, int8 kernels already dequantized to float32."""
     with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+        return {
+            key: _dequantize(key, data[key], data.__getitem__)
+            for key in data.files
+            if not key.endswith(SCALE_SUFFIX)
+        }
 
 
 class LazyArrays(Mapping[str, np.ndarray]):
@@ -55,7 +93,7 @@ class LazyArrays(Mapping[str, np.ndarray]):
 
     def __init__(self, data: bytes) -> None:
         self._file = np.load(io.BytesIO(data), allow_pickle=False)
-        self._keys = tuple(self._file.files)
+        self._keys = tuple(k for k in self._file.files if not k.endswith(SCALE_SUFFIX))
         self._arrays: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()  # the zip reader is not thread-safe
 
@@ -64,7 +102,7 @@ class LazyArrays(Mapping[str, np.ndarray]):
             if key not in self._arrays:
                 if key not in self._keys:
                     raise KeyError(key)
-                self._arrays[key] = self._file[key]
+                self._arrays[key] = _dequantize(key, self._file[key], self._file.__getitem__)
             return self._arrays[key]
 
     def __iter__(self) -> Iterator[str]:
