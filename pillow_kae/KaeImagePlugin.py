@@ -121,11 +121,9 @@ class KaeDecoder(ImageFile.PyDecoder):
 
 def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
     from pillow_kae import codec
-    from pillow_kae.zoo import installed, loader
+    from pillow_kae.zoo import loader
 
     header = kae.header
-    if header.model_name not in installed():
-        raise OSError(f"cannot decode KAE file: model {header.model_name!r} is not installed")
     model = loader.load(header.model_name, header.weights_hash)
     if (header.latent_channels, header.hyper_channels) != (
         model.latent_channels,

@@ -165,6 +165,7 @@ def _file_info(path: Path) -> dict:
         "weights_hash": header.weights_hash.hex(),
         "model_installed": card is not None,
         "weights_match": card is not None and card.digest == header.weights_hash,
+        "weights_retired": (header.model_name, header.weights_hash.hex()) in model_zoo.retired(),
         "quality": header.quality,
         "gain_step": header.step,
         "tile_size": header.tile_size,
@@ -179,7 +180,9 @@ def _file_info(path: Path) -> dict:
 
 
 def _format_info(info: dict) -> str:
-    if not info["model_installed"]:
+    if info["weights_retired"]:
+        status = "retired weights, kept to decode their files"
+    elif not info["model_installed"]:
         status = "not installed"
     elif info["weights_match"]:
         status = "installed, weights match"

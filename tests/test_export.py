@@ -1,4 +1,4 @@
-"""Export: int8 storage of the pixel-side kernels, and retiring the weights it replaces.
+"""Export: int8 storage of the conv kernels, and retiring the weights it replaces.
 
 A tiny random hyperprior is exported twice under one name into a private weights folder;
 a file saved with the first export must still open, pixel for pixel, after the second.
@@ -32,19 +32,20 @@ ARCH = {"channels": 16, "latent_channels": 16, "hyper_channels": 8}
 NAME = "kae-tiny"
 
 
-def test_int8_kernels_round_within_half_a_step_and_the_entropy_side_is_untouched(tmp_path):
+def test_int8_kernels_round_within_half_a_step_and_nothing_else_changes(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {
         "g_s/deconv0/kernel": (rng.normal(size=(5, 5, 16, 24)) * 0.05).astype(np.float16),
         "g_a/conv0/bias": rng.normal(size=64).astype(np.float32),
-        "h_s/conv0/kernel": (rng.normal(size=(5, 5, 16, 24)) * 0.05).astype(np.float16),
+        "h_s/conv0/kernel": (rng.normal(size=(3, 3, 8, 8)) * 0.05).astype(np.float32),  # small
+        "entropy_bottleneck/matrix0": rng.normal(size=(64, 3, 1)).astype(np.float32),
     }
     arrays["g_s/deconv0/kernel"][:, :, 3, 5] = 0  # an all-zero filter must not divide by zero
     stored = quantize_int8(arrays)
     assert stored["g_s/deconv0/kernel"].dtype == np.int8
     assert stored["g_s/deconv0/kernel" + SCALE_SUFFIX].shape == (16, 24)
-    assert stored["h_s/conv0/kernel"] is arrays["h_s/conv0/kernel"]
-    assert stored["g_a/conv0/bias"] is arrays["g_a/conv0/bias"]
+    for key in ("g_a/conv0/bias", "h_s/conv0/kernel", "entropy_bottleneck/matrix0"):
+        assert stored[key] is arrays[key]
 
     path = tmp_path / "w.npz"
     np.savez(path, **stored)
@@ -131,3 +132,18 @@ def test_files_of_unknown_weights_are_refused_naming_both_digests(tmp_path, weig
     refusal = "install the matching pillow-kae version"
     with pytest.raises(OSError, match=refusal), Image.open(tmp_path / "a.kae") as im:
         im.load()
+
+
+def test_retire_uninstalls_a_model_and_keeps_its_files_decoding(tmp_path, weights_dir):
+    export_module.export(_run(tmp_path / "first", seed=1), NAME)
+    Image.fromarray(smooth_array(32, 48, seed=3)).save(tmp_path / "a.kae", model=NAME)
+    with Image.open(tmp_path / "a.kae") as im:
+        before = np.asarray(im.convert("RGB"))
+    export_module.retire(NAME, uninstall=True)
+    assert NAME not in zoo.installed()
+    with pytest.raises(ValueError, match="unknown KAE model"):
+        Image.fromarray(before).save(tmp_path / "b.kae", model=NAME)
+    assert not (tmp_path / "b.kae").exists()
+    loader._cache.clear()
+    with Image.open(tmp_path / "a.kae") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)

@@ -1,4 +1,4 @@
-"""python -m training {train,context,export,describe,split,join} ..."""
+"""python -m training {train,context,export,retire,describe,split,join} ..."""
 
 from __future__ import annotations
 
@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         "--storage",
         choices=("float16", "int8"),
         default="int8",
-        help="pixel-side kernels as stored (int8: per-filter scales, half the bytes)",
+        help="conv kernels as stored (int8: per-filter scales, half the bytes)",
     )
+
+    retire = sub.add_parser(
+        "retire", help="keep installed models' decoders for their files, then uninstall them"
+    )
+    retire.add_argument("names", nargs="+")
 
     describe = sub.add_parser(
         "describe", help="write the inference graph into installed model cards (weights untouched)"
@@ -183,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         from training import parts
 
         getattr(parts, args.command)(Path(args.run))
+    elif args.command == "retire":
+        from training.export import retire
+
+        for name in args.names:
+            if retire(name, uninstall=True) is None:
+                parser.error(f"{name} is not installed")
     elif args.command == "describe":
         from training.export import describe_installed
 

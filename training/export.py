@@ -42,12 +42,13 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def retire(name: str) -> Path | None:
+def retire(name: str, uninstall: bool = False) -> Path | None:
     """Keep the decoder of installed model ``name`` in ``weights/retired/``; returns its card.
 
     The decoder-side arrays are copied as stored (same dtypes, same values), so files that
     name these weights decode exactly as before; the card keeps the digest they name and
-    records the stripped file's own digest. None when ``name`` is not installed.
+    records the stripped file's own digest. ``uninstall`` then removes the installed model
+    (nothing encodes with it any more). None when ``name`` is not installed.
     """
     old = installed().get(name)
     if old is None:
@@ -70,6 +71,10 @@ def retire(name: str) -> Path | None:
     card_path.write_text(card.to_json())
     retired.cache_clear()
     log.info("retired %s %s... (decoder only, %.1f MB)", name, old.sha256[:12], len(data) / 1e6)
+    if uninstall:
+        old.path.unlink()
+        old.path.with_suffix(".json").unlink()
+        installed.cache_clear()
     return card_path
 
 
@@ -125,7 +130,7 @@ def export(
 ) -> Path:
     """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path.
 
-    ``storage="int8"`` stores the pixel-side kernels as int8 (``zoo.weights.quantize_int8``);
+    ``storage="int8"`` stores the conv kernels as int8 (``zoo.weights.quantize_int8``);
     the card's evaluation measures the file as stored.
     """
     if storage not in STORAGES:

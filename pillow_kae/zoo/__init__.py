@@ -34,7 +34,7 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     graph: dict = field(default_factory=dict)  # transform -> layer list (runtime.graph)
-    storage: str = "float16"  # pixel-side kernels: "float16" or "int8" (zoo.weights)
+    storage: str = "float16"  # conv kernels as stored: "float16" or "int8" (zoo.weights)
     stored_sha256: str = ""  # a retired model's stripped file; sha256 stays what files name
 
     @property

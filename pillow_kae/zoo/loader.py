@@ -23,7 +23,7 @@ from pillow_kae.entropy_models.fixed_point import (
 from pillow_kae.entropy_models.tables import PmfTables
 from pillow_kae.runtime import cache, graph
 from pillow_kae.runtime.session import Transform
-from pillow_kae.zoo import ModelCard, card, retired
+from pillow_kae.zoo import ModelCard, card, installed, retired
 from pillow_kae.zoo.weights import LazyArrays
 
 log = logging.getLogger(__name__)
@@ -164,21 +164,31 @@ _cache: dict[tuple[str, str], CodecModel] = {}
 _lock = threading.Lock()
 
 
+def _card_for(name: str, expected_digest: bytes | None) -> ModelCard:
+    """The installed card, or the retired one whose weights the file names."""
+    current = installed().get(name)
+    if expected_digest is None or (current is not None and current.digest == expected_digest):
+        return card(name)  # an unknown name is a ValueError naming the choices
+    old = retired().get((name, expected_digest.hex()))
+    if old is not None:
+        return old
+    if current is None:
+        raise OSError(f"cannot decode KAE file: model {name!r} is not installed")
+    raise OSError(
+        f"file was made by KAE model {name!r} with weights {expected_digest.hex()[:16]}..., "
+        f"but the installed {name!r} has weights {current.sha256[:16]}...; "
+        "install the matching pillow-kae version to decode it"
+    )
+
+
 def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
-    """Load an installed model (cached); check its weights against the card and the file.
+    """Load a model (cached) by name, or by name and the weights digest a file names (which
+    may be retired weights); check the weights file against its card.
 
     The cache is keyed by the card's weights hash, so a model re-exported in this process
     (``training export`` clears ``installed()``) is loaded anew, never served stale.
     """
-    model_card = card(name)
-    if expected_digest is not None and expected_digest != model_card.digest:
-        model_card = retired().get((name, expected_digest.hex()))
-    if model_card is None:
-        raise OSError(
-            f"file was made by KAE model {name!r} with weights {expected_digest.hex()[:16]}..., "
-            f"but the installed {name!r} has weights {card(name).sha256[:16]}...; "
-            "install the matching pillow-kae version to decode it"
-        )
+    model_card = _card_for(name, expected_digest)
     key = (name, model_card.sha256)
     with _lock:
         if key not in _cache:

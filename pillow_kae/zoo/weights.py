@@ -3,9 +3,9 @@
 Paths drop the model's own name, so a file written by one instance loads into any other.
 Large arrays are stored as float16 (halves the shipped size; the loss in PSNR is below
 0.01 dB), small ones (GDN, densities) as float32 where float16 would underflow. An export
-may store the pixel-side kernels (g_a, g_s) as int8 with one float16 scale per 2-D filter,
-halving them again; readers dequantize on load, so every other module sees float arrays.
-The entropy side (h_a, h_s, tables) never goes below float16: h_s sets the coding tables.
+may store the conv kernels as int8 with one float16 scale per 2-D filter, halving them
+again; readers dequantize on load (int8 times a float16 scale is exact in float32), so
+every other module sees float arrays and h_s's fixed-point tables stay bit-exact.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import IO
 import numpy as np
 
 FLOAT16_MIN_SIZE = 4096
-INT8_PREFIXES = ("g_a/", "g_s/")  # the pixel-side transforms; never the entropy side
+INT8_PREFIXES = ("g_a/", "g_s/", "h_a/", "h_s/")  # the four transforms' conv kernels
 SCALE_SUFFIX = ":scale"  # the array of per-filter scales beside an int8 kernel
 _INT8_MAX = 127
 
@@ -48,7 +48,7 @@ def save_weights(model: object, path: str | Path, compact: bool = True) -> None:
 
 
 def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Store the pixel-side conv kernels as int8 with a float16 scale per 2-D filter.
+    """Store the transforms' conv kernels as int8 with a float16 scale per 2-D filter.
 
     Per-filter scales (one per input/output channel pair) keep the kernels' relative error
     near 0.5 %, half that of per-channel scales, for 8 % more bytes on 5x5 kernels.
