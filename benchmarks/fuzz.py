@@ -98,7 +98,7 @@ CORPUS: tuple[Spec, ...] = (
     ),
     Spec("l-16x16-q30", (16, 16), "L", {"quality": 30}),
     Spec("seed-dense-50x40", (50, 40), "RGB", {"model": "seed-dense"}),
-    Spec("kae-high-24x24", (24, 24), "RGB", {"model": "kae-high"}),  # off the ladder, still read
+    Spec("kae-mid-24x24-step3", (24, 24), "RGB", {"model": "kae-mid", "gain_step": 3}),
     Spec("la-24x20-q90", (24, 20), "LA", {"quality": 90}),
     Spec("rgb-130x70-q10", (130, 70), "RGB", {"quality": 10}),
     Spec("rgb-1100x70-q60-2tiles", (1100, 70), "RGB", {"quality": 60}),

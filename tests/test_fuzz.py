@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from benchmarks import fuzz
+from pillow_kae import zoo
 
 SEED = 7
 # Most damaged files fail at a CRC in microseconds; forged ones reach the model more often
@@ -46,8 +47,7 @@ def _run(corpus: fuzz.Corpus, mode: str, cases: int) -> Counter[str]:
 def test_corpus_covers_modes_and_models(corpus):
     headers = [kae.header for kae in corpus.parsed]
     assert {h.mode for h in headers} == {"RGB", "RGBA", "L", "LA"}
-    shipped = {"kae-low", "kae-mid", "kae-high", "kae-xhigh", "seed-dense"}
-    assert {h.model_name for h in headers} >= shipped
+    assert {h.model_name for h in headers} >= set(zoo.installed())  # every shipped model
 
 
 def test_cases_are_deterministic(corpus):
