@@ -274,6 +274,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
         print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")
     print("  (each quality its own step, in sixteenths: higher quality, larger file)")
+    retired = sorted(model_zoo.retired())
+    if retired:
+        print()
+        print("retired weights (decode their files only):")
+        for name, digest in retired:
+            print(f"  {name:<{widths[0]}}  {digest[:12]}")
     return 0
 
 

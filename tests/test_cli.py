@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,8 @@ def test_models(capsys: pytest.CaptureFixture[str]) -> None:
     for name in zoo.installed():
         assert name in out
     assert "1-" in out and "-100" in out  # the ladder covers the whole quality range
+    for name, digest in zoo.retired():
+        assert re.search(rf"^  {name} +{digest[:12]}$", out, re.MULTILINE)
 
 
 def test_models_does_not_import_tensorflow() -> None:
