@@ -142,26 +142,27 @@ def export(
     model = models.build(kind, config.get("arch", {}))
     assign_weights(model, load_arrays(run / CHECKPOINT))
 
-    arrays = weights_to_arrays(model, compact=True)
-    if storage == "int8" and kind != "seed-dense":  # seed-dense has no conv kernels
-        arrays = quantize_int8(arrays)
-    else:
+    if kind == "seed-dense":  # no conv kernels to store as int8
         storage = "float16"
+    arrays = weights_to_arrays(model, compact=True)
+    if storage == "int8":
+        arrays = quantize_int8(arrays)
     arrays.update(z_tables(model))
     if kind != "seed-dense":
         arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
         arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
     data = _npz_bytes(arrays)
+    digest = hashlib.sha256(data).hexdigest()
 
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    if name in installed() and installed()[name].sha256 != hashlib.sha256(data).hexdigest():
+    if name in installed() and installed()[name].sha256 != digest:
         retire(name)
     weights_path = WEIGHTS_DIR / f"{name}.npz"
     weights_path.write_bytes(data)
     card = ModelCard(
         name=name,
         weights=weights_path.name,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=digest,
         arch=config.get("arch", {}),
         lmbda=float(config["lmbda"]),
         kind=kind,
