@@ -120,7 +120,7 @@ class KaeDecoder(ImageFile.PyDecoder):
 
 
 def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
-    from pillow_kae import codec
+    from pillow_kae import codec, restoration
     from pillow_kae.zoo import loader
 
     header = kae.header
@@ -132,6 +132,12 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         raise OSError(f"KAE header does not match model {header.model_name!r}")
     if header.tile_size > codec.MAX_TILE_SIZE:
         raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
+    restoration_filter = None
+    if kae.restoration is not None:
+        try:
+            restoration_filter = restoration.RestorationFilter.unpack(kae.restoration)
+        except ValueError as err:
+            raise OSError(f"broken KAE file: {err}") from err
     rgb = codec.decode_image(
         model,
         kae.tiles,
@@ -140,6 +146,7 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         header.step,
         header.tile_size,
         header.version,
+        restoration_filter,
     )
     if header.mode == "RGB":
         return rgb  # no copies: a 25 MP image is 72 MiB per copy
@@ -210,7 +217,13 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     mode = stored.mode
     model = loader.load(model_name)
     rgb = np.asarray(stored.convert("RGB"))
-    version = codec.format_version(model, gain_step)
+    payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE, effort)
+    restoration_filter = (
+        codec.fit_restoration(model, rgb, payloads, gain_step, codec.TILE_SIZE)
+        if im.encoderinfo.get("restore", True)
+        else None
+    )
+    version = codec.format_version(model, gain_step, restoration_filter is not None)
     header = container.Header(
         width=im.width,
         height=im.height,
@@ -226,11 +239,17 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         gain_step=container.Header.gain_step_field(gain_step, version),
         version=version,
     )
-    payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE, effort)
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
-    data = container.dumps(
-        container.KaeFile(header, payloads, alpha=alpha, exif=exif, icc_profile=icc, xmp=xmp)
+    kae = container.KaeFile(
+        header,
+        payloads,
+        restoration=None if restoration_filter is None else restoration_filter.pack(),
+        alpha=alpha,
+        exif=exif,
+        icc_profile=icc,
+        xmp=xmp,
     )
+    data = container.dumps(kae)
     fp.write(data)  # only once everything is encoded: a failed save writes nothing
 
 

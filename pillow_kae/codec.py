@@ -28,9 +28,17 @@ seed-dense model codes 48x48 blocks in independent tiles in both versions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-from pillow_kae.container import CHANNEL_CONDITIONAL_VERSION, FINE_GAIN_VERSION, FORMAT_VERSION
+from pillow_kae import restoration
+from pillow_kae.container import (
+    CHANNEL_CONDITIONAL_VERSION,
+    FINE_GAIN_VERSION,
+    FORMAT_VERSION,
+    RESTORATION_VERSION,
+)
 from pillow_kae.entropy_models.coder import TableCoder, as_values, new_decoder, new_encoder
 from pillow_kae.entropy_models.fixed_point import (
     ACTIVATION_BITS,
@@ -45,6 +53,7 @@ from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_MIN,
     scale_table,
 )
+from pillow_kae.restoration import HALO, RestorationFilter
 from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
@@ -66,6 +75,8 @@ HYPER_SYNTHESIS_MARGIN = 2  # cells of ẑ around a tile that h_s sees (its reac
 # searched (g_s reaches 3), and latents' worth of pixels beyond the window that are scored.
 REFINE_CONTEXT = 4
 REFINE_OVERLAP = 2
+#: Decoded pixels the encoder fits the restoration filter on, at most (a sample of windows).
+RESTORATION_FIT_PIXELS = 1 << 21
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 _DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
 
@@ -417,7 +428,7 @@ def _inner(
     )
 
 
-def _decode_image_hyperprior(
+def _decode_latent_grid(
     model: CodecModel,
     payloads: list[bytes],
     width: int,
@@ -425,6 +436,7 @@ def _decode_image_hyperprior(
     gain_step: float,
     tile_size: int,
 ) -> np.ndarray:
+    """The tiles' payloads -> y_hat of the whole padded image (everything before g_s)."""
     stride, multiple = model.stride, model.pad_multiple
     padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
     boxes = tiles(padded_w, padded_h, tile_size)
@@ -458,7 +470,7 @@ def _decode_image_hyperprior(
             y_hat[(*where, channels)] = _dequantize(
                 symbols, means / (1 << ACTIVATION_BITS), gain_step
             )
-    return synthesis(model, y_hat, width, height)
+    return y_hat
 
 
 def synthesis(
@@ -470,19 +482,75 @@ def synthesis(
     from g_s on its latents plus ``SYNTHESIS_MARGIN`` around them, so the result does not
     depend on ``window`` (up to float rounding).
     """
+    out = np.empty((height, width, 3), np.uint8)
+    for (left, top, right, bottom), pixels in _synthesis_windows(
+        model, y_hat, width, height, window
+    ):
+        out[top:bottom, left:right] = pixels
+    return out
+
+
+def _synthesis_windows(
+    model: CodecModel,
+    y_hat: np.ndarray,
+    width: int,
+    height: int,
+    window: int | None = None,
+    every: int = 1,
+) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """(box in the image, its uint8 pixels) of every ``every``-th synthesis window."""
     stride, multiple = model.stride, model.pad_multiple
     padded_w, padded_h = _round_up(width, multiple), _round_up(height, multiple)
     top, left = _centre_offsets(height, width, multiple)
     image = (left, top, left + width, top + height)
-    out = np.empty((height, width, 3), np.uint8)
-    for box in _windows(padded_w, padded_h, window):
+    for box in _windows(padded_w, padded_h, window)[::every]:
+        keep = _intersect(box, image)  # the window's pixels that lie inside the image
+        if keep[0] >= keep[2] or keep[1] >= keep[3]:
+            continue
         context = _expand(box, SYNTHESIS_MARGIN * stride, padded_w, padded_h)
         rows, cols = _inner(context, (0, 0, padded_w, padded_h), stride)
         x_hat = model.transform("g_s")(y_hat[None, rows, cols])[0]
-        # The window's pixels that lie inside the image, in the context and in the output.
-        keep = _intersect(box, image)
-        out[_inner(keep, image, 1)] = _to_uint8(x_hat[_inner(keep, context, 1)])
-    return out
+        in_image = (keep[0] - left, keep[1] - top, keep[2] - left, keep[3] - top)
+        yield in_image, _to_uint8(x_hat[_inner(keep, context, 1)])
+
+
+def fit_restoration(
+    model: CodecModel,
+    pixels: np.ndarray,
+    payloads: list[bytes],
+    gain_step: float,
+    tile_size: int = TILE_SIZE,
+) -> RestorationFilter | None:
+    """The restoration filter for ``pixels`` coded as ``payloads`` (None if none pays).
+
+    Fitted on exactly what the decoder will synthesise from the payloads, in whole synthesis
+    windows; beyond ``RESTORATION_FIT_PIXELS`` only on an even sample of them, so encode
+    time stays bounded on big photos. A window side inside the image gives up ``HALO``
+    pixels whose neighbours lie in the next window.
+    """
+    if model.kind == "seed-dense":
+        return None
+    height, width = pixels.shape[:2]
+    y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
+    padded = _round_up(width, model.pad_multiple) * _round_up(height, model.pad_multiple)
+    count = len(_windows(*(_round_up(n, model.pad_multiple) for n in (width, height)), None))
+    every = max(1, -(-padded // RESTORATION_FIT_PIXELS)) if count > 1 else 1
+    fit = restoration.Fit()
+    for box, decoded in _synthesis_windows(model, y_hat, width, height, every=every):
+        left, top, right, bottom = box
+        # Image edges replicate, as the decoder's filter does; inner edges lose HALO pixels.
+        top_in, left_in, bottom_in, right_in = (
+            HALO if distance else 0 for distance in (top, left, height - bottom, width - right)
+        )
+        if bottom - top <= top_in + bottom_in or right - left <= left_in + right_in:
+            continue
+        block = np.pad(
+            decoded,
+            ((HALO - top_in, HALO - bottom_in), (HALO - left_in, HALO - right_in), (0, 0)),
+            mode="edge",
+        )
+        fit.add(block, pixels[top + top_in : bottom - bottom_in, left + left_in : right - right_in])
+    return fit.solve(8 * sum(map(len, payloads)))
 
 
 def _decode_tile_v1(
@@ -566,10 +634,12 @@ def encode_image(
     return _encode_image_hyperprior(model, pixels, gain_step, tile_size, effort)
 
 
-def format_version(model: CodecModel, gain_step: float = 0) -> int:
+def format_version(model: CodecModel, gain_step: float = 0, restored: bool = False) -> int:
     """The KHDR version of what ``encode_image`` writes with ``model`` at ``gain_step``: the
-    lowest that holds it (4 for a fraction of a step, else 3 for channel slices, else 2), so
-    that files at whole steps stay readable by older decoders."""
+    lowest that holds it (5 with a restoration filter, 4 for a fraction of a step, else 3 for
+    channel slices, else 2), so that files stay readable by the oldest decoder that can."""
+    if restored:
+        return RESTORATION_VERSION
     if gain_step != int(gain_step):
         return FINE_GAIN_VERSION
     return CHANNEL_CONDITIONAL_VERSION if model.slices else FORMAT_VERSION
@@ -583,18 +653,28 @@ def decode_image(
     gain_step: float,
     tile_size: int,
     version: int,
+    restoration_filter: RestorationFilter | None = None,
 ) -> np.ndarray:
-    """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines."""
+    """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines, then
+    ``restoration_filter`` (the file's ``KRST``, version 5) applied in place."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
-    fine = version == FINE_GAIN_VERSION  # codes as the model does, slices or not
+    if restoration_filter is not None and (
+        version < RESTORATION_VERSION or model.kind == "seed-dense"
+    ):
+        raise TileDecodeError(f"a restoration filter in a version {version} file")
+    fine = version >= FINE_GAIN_VERSION  # codes as the model does, slices or not
     if not fine and bool(model.slices) != (version == CHANNEL_CONDITIONAL_VERSION):
         raise TileDecodeError(
             f"format version {version} does not match model {model.name!r} "
             f"({'with' if model.slices else 'without'} channel slices)"
         )
     if model.kind != "seed-dense" and version >= 2:
-        return _decode_image_hyperprior(model, payloads, width, height, gain_step, tile_size)
+        y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
+        pixels = synthesis(model, y_hat, width, height)
+        if restoration_filter is not None:
+            restoration.apply(pixels, restoration_filter)
+        return pixels
     out = np.empty((height, width, 3), np.uint8)
     boxes = tiles(width, height, tile_size)
     for (left, top, right, bottom), payload in zip(boxes, payloads, strict=True):

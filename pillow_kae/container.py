@@ -32,6 +32,7 @@ __all__ = [
     "MAX_CHUNK_LENGTH",
     "MAX_DIMENSION",
     "MODES",
+    "RESTORATION_VERSION",
     "SIGNATURE",
     "SUPPORTED_VERSIONS",
     "Header",
@@ -53,12 +54,14 @@ SIGNATURE = b"\x89KAE\r\n\x1a\n"
 #: tiles (docs/format.md §5.1); 1: tiles coded on their own; 3: as 2, with y coded in
 #: channel slices (channel-conditional models only, which are written as 3); 4: as 2 or 3
 #: (as the model codes), with the gain step in sixteenths of a step, for the rate points
-#: between whole steps. Writers use the lowest version that can hold the file; readers
-#: accept all four.
+#: between whole steps; 5: as 4, plus a ``KRST`` chunk, the restoration filter the decoder
+#: applies to the pixels. Writers use the lowest version that can hold the file; readers
+#: accept all five.
 FORMAT_VERSION = 2
 CHANNEL_CONDITIONAL_VERSION = 3
 FINE_GAIN_VERSION = 4
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+RESTORATION_VERSION = 5
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
@@ -77,6 +80,7 @@ ALPHA_MODES = frozenset({"RGBA", "LA"})
 # Chunk types.
 KHDR = b"KHDR"
 KTIL = b"KTIL"
+KRST = b"KRST"
 ALPH = b"ALPH"
 KEND = b"KEND"
 EXIF = b"eXIf"
@@ -281,6 +285,7 @@ class KaeFile:
 
     header: Header
     tiles: list[bytes]
+    restoration: bytes | None = None  # KRST data (version 5), parsed by pillow_kae.restoration
     alpha: bytes | None = None
     exif: bytes | None = None
     icc_profile: bytes | None = None
@@ -319,6 +324,8 @@ def dumps(kae: KaeFile) -> bytes:
         raise KaeFormatError(f"mode {header.mode} requires alpha data")
     if not header.has_alpha and kae.alpha is not None:
         raise KaeFormatError(f"mode {header.mode} has no alpha channel but alpha data was given")
+    if kae.restoration is not None and header.version < RESTORATION_VERSION:
+        raise KaeFormatError(f"a restoration filter needs version {RESTORATION_VERSION}")
 
     parts = [SIGNATURE, _chunk(KHDR, header.pack())]
     for ctype, field in _METADATA_CHUNKS.items():
@@ -327,6 +334,8 @@ def dumps(kae: KaeFile) -> bytes:
             parts.append(_chunk(ctype, bytes(value)))
     if kae.alpha is not None:
         parts.append(_chunk(ALPH, bytes(kae.alpha)))
+    if kae.restoration is not None:
+        parts.append(_chunk(KRST, bytes(kae.restoration)))
     parts.extend(_chunk(KTIL, bytes(tile)) for tile in kae.tiles)
     parts.append(_chunk(KEND, b""))
     return b"".join(parts)
@@ -480,6 +489,13 @@ def _store_metadata(metadata: dict[str, bytes], ctype: bytes, data: bytes) -> No
     metadata[field] = data
 
 
+def _check_restoration(header: Header, seen: bool) -> None:
+    if header.version < RESTORATION_VERSION:
+        raise KaeFormatError(f"KRST chunk in a version {header.version} file")
+    if seen:
+        raise KaeFormatError("duplicate KRST chunk")
+
+
 def _unknown_chunk(ctype: bytes) -> None:
     """Reject an unknown critical chunk; log (and let the caller skip) an ancillary one."""
     if _is_critical(ctype):
@@ -503,7 +519,7 @@ def read_header(fp: IO[bytes]) -> tuple[Header, dict[str, bytes]]:
         raise io.UnsupportedOperation("read_header needs a seekable stream")
     header = _read_khdr(reader)
     metadata: dict[str, bytes] = {}
-    seen_alpha = False
+    seen_alpha = seen_restoration = False
     while True:
         start = reader.pos
         remaining = reader.remaining()
@@ -524,6 +540,10 @@ def read_header(fp: IO[bytes]) -> tuple[Header, dict[str, bytes]]:
                 raise KaeFormatError("duplicate ALPH chunk")
             seen_alpha = True
             reader.skip(length + 4, "ALPH chunk")
+        elif ctype == KRST:
+            _check_restoration(header, seen_restoration)
+            seen_restoration = True
+            reader.skip(length + 4, "KRST chunk")
         elif ctype == KHDR:
             raise KaeFormatError("duplicate KHDR chunk")
         elif ctype in _METADATA_CHUNKS:
@@ -544,6 +564,7 @@ def read(fp: IO[bytes]) -> KaeFile:
     expected_tiles = header.tile_count
     tiles: list[bytes] = []
     alpha: bytes | None = None
+    restoration: bytes | None = None
     metadata: dict[str, bytes] = {}
     while True:
         ctype, length = reader.read_chunk_head()
@@ -564,6 +585,11 @@ def read(fp: IO[bytes]) -> KaeFile:
             if tiles:
                 raise KaeFormatError("ALPH chunk must come before the KTIL chunks")
             alpha = reader.read_chunk_body(ctype, length)
+        elif ctype == KRST:
+            _check_restoration(header, restoration is not None)
+            if tiles:
+                raise KaeFormatError("KRST chunk must come before the KTIL chunks")
+            restoration = reader.read_chunk_body(ctype, length)
         elif ctype == KHDR:
             raise KaeFormatError("duplicate KHDR chunk")
         elif ctype in _METADATA_CHUNKS:
@@ -582,4 +608,4 @@ def read(fp: IO[bytes]) -> KaeFile:
         raise KaeFormatError(f"mode {header.mode} requires an ALPH chunk")
     if reader.remaining():
         logger.debug("ignoring %d bytes after KEND", reader.remaining())
-    return KaeFile(header=header, tiles=tiles, alpha=alpha, **metadata)
+    return KaeFile(header=header, tiles=tiles, restoration=restoration, alpha=alpha, **metadata)

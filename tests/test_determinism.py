@@ -6,6 +6,7 @@ equal what the encoder wrote whatever the runtime's threading settings are.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pillow_kae.entropy_models.fixed_point import (
     ACTIVATION_BITS,
@@ -27,6 +29,7 @@ from pillow_kae.entropy_models.fixed_point import (
 from pillow_kae.zoo import card
 from pillow_kae.zoo import quality as ladder
 from pillow_kae.zoo.weights import load_arrays
+from tests.conftest import SAMPLES
 
 QUALITY = 62  # between two anchors: a fraction of a gain step (format version 4)
 RUNTIME_KNOBS = ("KAE_NUM_THREADS",)
@@ -224,12 +227,15 @@ def worker(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cross_process(worker, tmp_path_factory, smooth) -> dict[str, object]:
-    """Encode a 96x80 image under env A and under env B, decode both files under both."""
+def cross_process(worker, tmp_path_factory) -> dict[str, object]:
+    """Encode a 96x80 image under env A and under env B, decode both files under both.
+
+    A photo crop: the encoder fits a restoration filter to it (version 5), so the decoders'
+    pixels go through the filter too.
+    """
     tmp = tmp_path_factory.mktemp("determinism")
-    rng = np.random.default_rng(11)
-    pixels = smooth(96, 80, 3, seed=5, noise=6.0)
-    pixels[20:50, 30:70] = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)  # some texture
+    with Image.open(SAMPLES / "chelsea.png") as im:
+        pixels = np.array(im.convert("RGB").crop((100, 100, 196, 180)))
     np.save(tmp / "source.npy", pixels)
     encoders = [
         _start(
@@ -267,7 +273,9 @@ def test_encoder_spy_matches_encode_image_steps(cross_process, encoded_under):
 def test_symbols_identical_across_processes(cross_process, encoded_under):
     from pillow_kae import container
 
-    assert cross_process["files"][encoded_under][8 + 8] == container.FINE_GAIN_VERSION
+    data = cross_process["files"][encoded_under]
+    assert data[8 + 8] == container.RESTORATION_VERSION
+    assert container.read(io.BytesIO(data)).restoration is not None
     enc = cross_process[f"enc{encoded_under}"]
     dec_a = cross_process[f"decA_{encoded_under}"]
     dec_b = cross_process[f"decB_{encoded_under}"]

@@ -1,0 +1,200 @@
+"""The restoration filter (format version 5): exact integer filtering, its bytes, its fit,
+and files that carry it."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_kae import codec, container, restoration
+from pillow_kae.restoration import HALO, TAPS, Fit, RestorationFilter
+from tests.conftest import SAMPLES, decode, encode, psnr, smooth_array
+
+
+def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
+    """The filter as docs/format.md states it, on the whole image in int64, pixel by tap."""
+    x = np.pad(pixels.astype(np.int64), ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
+    h, w = pixels.shape[:2]
+
+    def at(dy: int, dx: int, c: int | None = None) -> np.ndarray:
+        window = x[HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w]
+        return window if c is None else window[..., c]
+
+    def luma(dy: int, dx: int) -> np.ndarray:
+        return at(dy, dx, 0) + 2 * at(dy, dx, 1) + at(dy, dx, 2)
+
+    activity = np.zeros((h, w), np.int64)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            lap = 4 * luma(dy, dx) - luma(dy - 1, dx) - luma(dy + 1, dx)
+            activity += np.abs(lap - luma(dy, dx - 1) - luma(dy, dx + 1))
+    classes = np.zeros((h, w), np.int64)
+    for t in filt.thresholds:
+        classes += activity >= t
+    out = np.empty_like(pixels)
+    for c in range(3):
+        total = np.zeros((h, w), np.int64)
+        for k, (dy, dx) in enumerate(TAPS):
+            coefficient = filt.coefficients[c][classes, k].astype(np.int64)
+            total += coefficient * (at(dy, dx, c) + at(-dy, -dx, c) - 2 * at(0, 0, c))
+        out[..., c] = np.clip(at(0, 0, c) + ((total + 128) >> 8), 0, 255)
+    return out
+
+
+def random_filter(pixels: np.ndarray, classes: int, seed: int) -> RestorationFilter:
+    rng = np.random.default_rng(seed)
+    levels = restoration.activity(
+        np.pad(pixels, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
+    ).ravel()
+    thresholds = np.unique(np.quantile(levels, np.arange(1, classes) / classes).astype(int))
+    coefficients = rng.integers(-300, 301, (3, len(thresholds) + 1, len(TAPS)))
+    return RestorationFilter(tuple(int(t) for t in thresholds), coefficients.astype(np.int32))
+
+
+@pytest.mark.parametrize("strip_pixels", [40, 200, 1 << 18])
+def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixels):
+    """In place, strip by strip (1-row strips, strips shorter than the halo, one strip):
+    exactly the whole-image integer reference, edges replicated."""
+    pixels = smooth_array(53, 37, seed=3, noise=12.0)
+    pixels[10:20, 5:30] = 255 - pixels[10:20, 5:30]  # edges, so several classes are used
+    filt = random_filter(pixels, 4, seed=1)
+    assert filt.classes == 4
+    monkeypatch.setattr(restoration, "_STRIP_PIXELS", strip_pixels)
+    out = pixels.copy()
+    restoration.apply(out, filt)
+    expected = reference_filter(pixels, filt)
+    assert np.array_equal(out, expected)
+    assert not np.array_equal(out, pixels)
+
+
+def test_apply_extreme_values_stay_exact():
+    """The largest coefficients on the largest differences: still exact (float32 sums stay
+    below 2**24) and clipped to 0..255."""
+    pixels = (np.indices((9, 11)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
+    for sign in (1, -1):
+        coefficients = np.full((3, 1, len(TAPS)), sign * restoration.MAX_COEFFICIENT, np.int32)
+        filt = RestorationFilter((), coefficients)
+        out = pixels.copy()
+        restoration.apply(out, filt)
+        assert np.array_equal(out, reference_filter(pixels, filt))
+
+
+def test_pack_round_trip():
+    filt = random_filter(smooth_array(40, 30, seed=2, noise=20.0), 8, seed=4)
+    again = RestorationFilter.unpack(filt.pack())
+    assert again.thresholds == filt.thresholds
+    assert np.array_equal(again.coefficients, filt.coefficients)
+    # Zigzag varints: coefficients below 64 in magnitude take one byte.
+    small = RestorationFilter((), np.full((3, 1, len(TAPS)), -64, np.int32))
+    assert len(small.pack()) == 2 + 3 * len(TAPS)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "truncated"),
+        (b"\x02\x01" + bytes(30), "shape"),
+        (b"\x01\x00", "classes"),
+        (b"\x01\x11", "classes"),
+        (b"\x01\x02\x00\x00", "thresholds"),
+        (b"\x01\x01" + bytes(29), "coefficients"),
+        (b"\x01\x01" + bytes(31), "coefficients"),
+        (b"\x01\x01" + bytes(29) + b"\x80", "coefficients"),
+        (b"\x01\x01" + b"\xff\xff\xff\x7f" + bytes(29), "too long"),
+        (b"\x01\x01\x82\x10" + bytes(29), "beyond"),
+        (b"\x01\x03" + (5).to_bytes(4, "big") * 2 + bytes(90), "increase"),
+    ],
+)
+def test_unpack_refuses_malformed(data, message):
+    with pytest.raises(ValueError, match=message):
+        RestorationFilter.unpack(data)
+
+
+def degraded(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo crop and a "decoded" version: blurred, plus grain on its flat parts."""
+    with Image.open(SAMPLES / "astronaut.png") as im:
+        original = np.asarray(im.convert("RGB").crop((0, 0, 160, 120)), dtype=np.float64)
+    blurred = sum(np.roll(original, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    grain = np.random.default_rng(seed).normal(0, 3, original.shape)
+    out = np.clip(np.rint(blurred + grain), 0, 255).astype(np.uint8)
+    return original.astype(np.uint8), out
+
+
+def test_fit_undoes_a_known_degradation():
+    original, decoded = degraded(seed=0)
+    fit = Fit()
+    fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
+    filt = fit.solve(file_bits=1e6)
+    assert filt is not None and filt.classes > 1
+    out = decoded.copy()
+    restoration.apply(out, filt)
+    assert psnr(out, original) > psnr(decoded, original) + 1.0
+    # At a tiny file, the side information costs more than the gain is worth.
+    assert fit.solve(file_bits=100) is None
+
+
+def photo(width: int = 160, height: int = 128) -> Image.Image:
+    with Image.open(SAMPLES / "chelsea.png") as im:
+        return im.convert("RGB").crop((100, 60, 100 + width, 60 + height))
+
+
+def test_files_carry_the_filter_and_decode_closer():
+    image = photo()
+    with_filter, without = encode(image, quality=62), encode(image, quality=62, restore=False)
+    kae = container.read(io.BytesIO(with_filter))
+    assert kae.header.version == container.RESTORATION_VERSION
+    assert kae.restoration is not None
+    plain = container.read(io.BytesIO(without))
+    assert plain.restoration is None and plain.header.version < container.RESTORATION_VERSION
+    assert kae.tiles == plain.tiles  # the filter changes nothing before the pixels
+    source = np.asarray(image)
+    filtered, unfiltered = np.asarray(decode(with_filter)), np.asarray(decode(without))
+    assert psnr(filtered, source) > psnr(unfiltered, source)
+    expected = unfiltered.copy()
+    restoration.apply(expected, RestorationFilter.unpack(kae.restoration))
+    assert np.array_equal(filtered, expected)
+
+
+def test_fit_on_a_sample_of_windows(monkeypatch):
+    """A big photo is fitted on a sample of synthesis windows: the filter still helps."""
+    image = photo(320, 256)
+    monkeypatch.setattr(codec, "SINGLE_PASS_PIXELS", 64 * 64)
+    monkeypatch.setattr(codec, "TRANSFORM_WINDOW", 128)
+    monkeypatch.setattr(codec, "RESTORATION_FIT_PIXELS", 2 * 128 * 128)
+    seen = []
+    add = Fit.add
+    monkeypatch.setattr(Fit, "add", lambda self, b, o: seen.append(o.shape) or add(self, b, o))
+    data = encode(image, quality=62)
+    assert len(seen) == 2  # every third of the 3x2 windows of 128 pixels
+    kae = container.read(io.BytesIO(data))
+    assert kae.restoration is not None
+    without = encode(image, quality=62, restore=False)
+    source = np.asarray(image)
+    assert psnr(np.asarray(decode(data)), source) > psnr(np.asarray(decode(without)), source)
+
+
+def test_restoration_chunk_rules():
+    data = encode(photo(), quality=62)
+    kae = container.read(io.BytesIO(data))
+    old = container.Header(**{**kae.header.__dict__, "version": container.FINE_GAIN_VERSION})
+    with pytest.raises(container.KaeFormatError, match="version 5"):
+        container.dumps(container.KaeFile(old, kae.tiles, restoration=kae.restoration))
+    # Forged files with valid CRCs: KRST in a version 4 file, twice, after the tiles.
+    head = container._chunk(container.KHDR, old.pack())
+    krst = container._chunk(container.KRST, kae.restoration)
+    tiles = b"".join(container._chunk(container.KTIL, t) for t in kae.tiles)
+    end = container._chunk(container.KEND, b"")
+    with pytest.raises(container.KaeFormatError, match="KRST chunk in a version 4"):
+        container.read(io.BytesIO(container.SIGNATURE + head + krst + tiles + end))
+    head = container._chunk(container.KHDR, kae.header.pack())
+    with pytest.raises(container.KaeFormatError, match="duplicate KRST"):
+        container.read(io.BytesIO(container.SIGNATURE + head + krst + krst + tiles + end))
+    with pytest.raises(container.KaeFormatError, match="before the KTIL"):
+        container.read(io.BytesIO(container.SIGNATURE + head + tiles + krst + end))
+    # A damaged filter with a valid CRC is a broken file, not garbage pixels.
+    bad = container._chunk(container.KRST, b"\x01\x01" + bytes(5))
+    with pytest.raises(OSError, match=r"broken KAE file.*coefficients"):
+        decode(container.SIGNATURE + head + bad + tiles + end)
