@@ -35,6 +35,7 @@ from PIL import Image
 
 from pillow_kae import __version__, convert
 from pillow_kae import zoo as model_zoo
+from pillow_kae.container import RESTORATION_VERSION
 from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY
 from pillow_kae.zoo import quality as quality_ladder
 
@@ -167,6 +168,7 @@ def _file_info(path: Path) -> dict:
         "weights_match": card is not None and card.digest == header.weights_hash,
         "weights_retired": (header.model_name, header.weights_hash.hex()) in model_zoo.retired(),
         "quality": header.quality,
+        "format_version": header.version,
         "gain_step": header.step,
         "tile_size": header.tile_size,
         "tile_grid": [columns, rows],
@@ -177,6 +179,9 @@ def _file_info(path: Path) -> dict:
         "bpp": 8 * size / pixels,
         "metadata": {key: len(metadata[key]) for key in convert.METADATA_KEYS if key in metadata},
     }
+
+
+_VERSION_NOTES = {RESTORATION_VERSION: " (with a restoration filter)"}
 
 
 def _format_info(info: dict) -> str:
@@ -197,6 +202,10 @@ def _format_info(info: dict) -> str:
         ("weights", info["weights_hash"][:16]),
         ("quality", str(info["quality"])),
         ("gain step", f"{info['gain_step']:g}"),
+        (
+            "format",
+            f"version {info['format_version']}" + _VERSION_NOTES.get(info["format_version"], ""),
+        ),
         ("tiles", f"{info['tile_count']} ({columns} x {rows} of {info['tile_size']} px)"),
         ("bytes", f"{info['bytes']} ({info['bpp']:.4f} bpp)"),
         ("metadata", metadata),

@@ -21,7 +21,9 @@ window's centre: the pixels do not depend on tiles or windows. Memory is the ima
 (1/256 of the pixels x 192 channels) and one window's activations.
 
 Version 3 is version 2 with y coded in channel slices (``_SliceContext``); version 4 is
-either, at a gain step between whole steps (``fixed_point.scale_indices``). Version 1 files
+either, at a gain step between whole steps (``fixed_point.scale_indices``); version 5 is
+4 plus a restoration filter (``pillow_kae.restoration``) that the encoder fits on what the
+decoder synthesises (``fit_restoration``) and the decoder applies to the pixels. Version 1 files
 coded each tile on its own, pixels included (visible seams); they still decode. The
 seed-dense model codes 48x48 blocks in independent tiles in both versions.
 """

@@ -19,39 +19,47 @@ def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
     x = np.pad(pixels.astype(np.int64), ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
     h, w = pixels.shape[:2]
 
-    def at(dy: int, dx: int, c: int | None = None) -> np.ndarray:
-        window = x[HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w]
-        return window if c is None else window[..., c]
+    def at(dy: int, dx: int, c: int) -> np.ndarray:
+        return x[HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w, c]
 
     def luma(dy: int, dx: int) -> np.ndarray:
         return at(dy, dx, 0) + 2 * at(dy, dx, 1) + at(dy, dx, 2)
 
-    activity = np.zeros((h, w), np.int64)
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
-            lap = 4 * luma(dy, dx) - luma(dy - 1, dx) - luma(dy + 1, dx)
-            activity += np.abs(lap - luma(dy, dx - 1) - luma(dy, dx + 1))
-    classes = np.zeros((h, w), np.int64)
-    for t in filt.thresholds:
-        classes += activity >= t
+    def window_sum(f) -> np.ndarray:
+        return sum(f(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3))
+
+    def second(dy: int, dx: int, ky: int, kx: int, lum=luma) -> np.ndarray:
+        return lum(dy + ky, dx + kx) + lum(dy - ky, dx - kx) - 2 * lum(dy, dx)
+
+    activity = window_sum(lambda dy, dx: np.abs(second(dy, dx, 0, 1) + second(dy, dx, 1, 0)))
+    across = window_sum(lambda dy, dx: np.abs(second(dy, dx, 0, 1)))
+    down = window_sum(lambda dy, dx: np.abs(second(dy, dx, 1, 0)))
+    direction = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
+    bins = sum((activity >= t).astype(np.int64) for t in filt.thresholds)
+    which = filt.mapping[bins, direction]
     out = np.empty_like(pixels)
     for c in range(3):
+        taps = [(c, k) for k in TAPS]
+        taps += [((c + i) % 3, TAPS[k]) for i in (1, 2) for k in restoration.CROSS_TAPS]
         total = np.zeros((h, w), np.int64)
-        for k, (dy, dx) in enumerate(TAPS):
-            coefficient = filt.coefficients[c][classes, k].astype(np.int64)
-            total += coefficient * (at(dy, dx, c) + at(-dy, -dx, c) - 2 * at(0, 0, c))
+        for n, (channel, (dy, dx)) in enumerate(taps):
+            difference = at(dy, dx, channel) + at(-dy, -dx, channel) - 2 * at(0, 0, channel)
+            total += filt.coefficients[c][which, n].astype(np.int64) * difference
         out[..., c] = np.clip(at(0, 0, c) + ((total + 128) >> 8), 0, 255)
     return out
 
 
-def random_filter(pixels: np.ndarray, classes: int, seed: int) -> RestorationFilter:
+def random_filter(pixels: np.ndarray, bins: int, filters: int, seed: int) -> RestorationFilter:
     rng = np.random.default_rng(seed)
-    levels = restoration.activity(
-        np.pad(pixels, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
-    ).ravel()
-    thresholds = np.unique(np.quantile(levels, np.arange(1, classes) / classes).astype(int))
-    coefficients = rng.integers(-300, 301, (3, len(thresholds) + 1, len(TAPS)))
-    return RestorationFilter(tuple(int(t) for t in thresholds), coefficients.astype(np.int32))
+    padded = np.pad(pixels, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
+    levels = restoration.activity(padded).ravel()
+    thresholds = np.unique(np.quantile(levels, np.arange(1, bins) / bins).astype(int))
+    mapping = rng.integers(0, filters, (len(thresholds) + 1, restoration.DIRECTIONS))
+    mapping[0] = np.arange(3) % filters  # every filter used, whatever the draw
+    coefficients = rng.integers(-300, 301, (3, filters, restoration.COEFFICIENTS))
+    return RestorationFilter(
+        tuple(int(t) for t in thresholds), mapping.astype(np.uint8), coefficients.astype(np.int32)
+    )
 
 
 @pytest.mark.parametrize("strip_pixels", [40, 200, 1 << 18])
@@ -60,8 +68,12 @@ def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixe
     exactly the whole-image integer reference, edges replicated."""
     pixels = smooth_array(53, 37, seed=3, noise=12.0)
     pixels[10:20, 5:30] = 255 - pixels[10:20, 5:30]  # edges, so several classes are used
-    filt = random_filter(pixels, 4, seed=1)
-    assert filt.classes == 4
+    pixels[25:, 40:] = (np.arange(13) % 2 * 200)[None, :, None]  # stripes both ways,
+    pixels[25:, :13] = (np.arange(12) % 2 * 200)[:, None, None]  # so every direction is used
+    filt = random_filter(pixels, 4, 3, seed=1)
+    padded = np.pad(pixels, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
+    used = np.unique(restoration.classes(padded, filt.thresholds))
+    assert len(filt.thresholds) == 3 and {0, 1, 2} <= set(used % restoration.DIRECTIONS)
     monkeypatch.setattr(restoration, "_STRIP_PIXELS", strip_pixels)
     out = pixels.copy()
     restoration.apply(out, filt)
@@ -74,38 +86,53 @@ def test_apply_extreme_values_stay_exact():
     """The largest coefficients on the largest differences: still exact (float32 sums stay
     below 2**24) and clipped to 0..255."""
     pixels = (np.indices((9, 11)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
+    pixels[..., 1] = 255 - pixels[..., 1]
+    mapping = np.zeros((1, restoration.DIRECTIONS), np.uint8)
     for sign in (1, -1):
-        coefficients = np.full((3, 1, len(TAPS)), sign * restoration.MAX_COEFFICIENT, np.int32)
-        filt = RestorationFilter((), coefficients)
+        coefficients = np.full((3, 1, restoration.COEFFICIENTS), sign * MAX, np.int32)
+        filt = RestorationFilter((), mapping, coefficients)
         out = pixels.copy()
         restoration.apply(out, filt)
         assert np.array_equal(out, reference_filter(pixels, filt))
 
 
+MAX = restoration.MAX_COEFFICIENT
+
+
 def test_pack_round_trip():
-    filt = random_filter(smooth_array(40, 30, seed=2, noise=20.0), 8, seed=4)
+    filt = random_filter(smooth_array(40, 30, seed=2, noise=20.0), 8, 5, seed=4)
     again = RestorationFilter.unpack(filt.pack())
     assert again.thresholds == filt.thresholds
+    assert np.array_equal(again.mapping, filt.mapping)
     assert np.array_equal(again.coefficients, filt.coefficients)
     # Zigzag varints: coefficients below 64 in magnitude take one byte.
-    small = RestorationFilter((), np.full((3, 1, len(TAPS)), -64, np.int32))
-    assert len(small.pack()) == 2 + 3 * len(TAPS)
+    mapping = np.zeros((1, restoration.DIRECTIONS), np.uint8)
+    small = RestorationFilter((), mapping, np.full((3, 1, restoration.COEFFICIENTS), -64, np.int32))
+    assert len(small.pack()) == 3 + restoration.DIRECTIONS + 3 * restoration.COEFFICIENTS
+
+
+ONE = 3 * restoration.COEFFICIENTS  # coefficients of one filter
 
 
 @pytest.mark.parametrize(
     "data, message",
     [
         (b"", "truncated"),
-        (b"\x02\x01" + bytes(30), "shape"),
-        (b"\x01\x00", "classes"),
-        (b"\x01\x11", "classes"),
-        (b"\x01\x02\x00\x00", "thresholds"),
-        (b"\x01\x01" + bytes(29), "coefficients"),
-        (b"\x01\x01" + bytes(31), "coefficients"),
-        (b"\x01\x01" + bytes(29) + b"\x80", "coefficients"),
-        (b"\x01\x01" + b"\xff\xff\xff\x7f" + bytes(29), "too long"),
-        (b"\x01\x01\x82\x10" + bytes(29), "beyond"),
-        (b"\x01\x03" + (5).to_bytes(4, "big") * 2 + bytes(90), "increase"),
+        (b"\x02\x01\x01" + bytes(3 + ONE), "shape"),
+        (b"\x01\x00\x01", "out of range"),
+        (b"\x01\x11\x01", "out of range"),
+        (b"\x01\x01\x00", "out of range"),
+        (b"\x01\x01\x11", "out of range"),
+        (b"\x01\x02\x01", "truncated after 0 of 1"),
+        (b"\x01\x01\x01\x00", "class map"),
+        (b"\x01\x01\x01" + bytes(3 + ONE - 1), "truncated after"),
+        (b"\x01\x01\x01" + bytes(3 + ONE + 1), "after the coefficients"),
+        (b"\x01\x01\x01" + bytes(3 + ONE - 1) + b"\x80", "truncated after"),
+        (b"\x01\x01\x01" + bytes(3) + b"\xff\xff\xff\x7f" + bytes(ONE), "longer than 3"),
+        (b"\x01\x01\x01" + bytes(3) + b"\x82\x10" + bytes(ONE - 1), "beyond"),
+        (b"\x01\x01\x01" + b"\x00\x01\x00" + bytes(ONE), "class map"),
+        (b"\x01\x03\x01" + b"\x05\x00" + bytes(9 + ONE), "increase"),
+        (b"\x01\x02\x01" + b"\xff\xff\x7f" + bytes(6 + ONE), "within range"),
     ],
 )
 def test_unpack_refuses_malformed(data, message):
@@ -128,7 +155,7 @@ def test_fit_undoes_a_known_degradation():
     fit = Fit()
     fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
     filt = fit.solve(file_bits=1e6)
-    assert filt is not None and filt.classes > 1
+    assert filt is not None and filt.coefficients.shape[1] > 1
     out = decoded.copy()
     restoration.apply(out, filt)
     assert psnr(out, original) > psnr(decoded, original) + 1.0
@@ -195,6 +222,6 @@ def test_restoration_chunk_rules():
     with pytest.raises(container.KaeFormatError, match="before the KTIL"):
         container.read(io.BytesIO(container.SIGNATURE + head + tiles + krst + end))
     # A damaged filter with a valid CRC is a broken file, not garbage pixels.
-    bad = container._chunk(container.KRST, b"\x01\x01" + bytes(5))
-    with pytest.raises(OSError, match=r"broken KAE file.*coefficients"):
+    bad = container._chunk(container.KRST, b"\x01\x01\x01" + bytes(5))
+    with pytest.raises(OSError, match=r"broken KAE file.*truncated after"):
         decode(container.SIGNATURE + head + bad + tiles + end)
