@@ -6,11 +6,13 @@
 
 A small corpus of real files is encoded through the public API (RGB, RGBA with metadata,
 L, LA, the seed-dense model, several sizes, a 1100x70 image of two tiles, one row of
-pixels). ``--cases`` is per mode; ``--workers`` defaults to one per CPU:
+pixels, a photo crop that carries a restoration filter). ``--cases`` is per mode;
+``--workers`` defaults to one per CPU:
 
 * forged: a corpus file is parsed into its chunks, chunk bodies are altered (tile payloads,
-  KHDR fields or bytes, ALPH, metadata, chunk order) and the file is written back with valid
-  lengths and CRCs, so that the forgery reaches the decoder: what an attacker sends;
+  KHDR fields or bytes, ALPH, the restoration filter, metadata, chunk order) and the file
+  is written back with valid lengths and CRCs, so that the forgery reaches the decoder:
+  what an attacker sends;
 * damage: random bit flips, cuts, deletions and insertions in the raw bytes: what a disk or
   a network does. A damaged file that decodes without an error to other pixels (or another
   mode or size) than the intact file is *silent garbage*.
@@ -53,7 +55,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from pillow_kae import KaeImagePlugin, container  # importing the plugin registers .kae
+from pillow_kae import KaeImagePlugin, container, restoration  # the plugin registers .kae
 
 #: What Pillow's own fuzzer (Tests/test_fuzzers.py) accepts from a hostile file.
 CLEAN_ERRORS: tuple[type[BaseException], ...] = (
@@ -79,12 +81,14 @@ STARTUP_S = 600.0  # a worker's start-up on a loaded machine is slow, but not th
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """One corpus file: a generated image of ``size`` and ``mode`` saved with ``options``."""
+    """One corpus file: an image of ``size`` and ``mode`` saved with ``options``; generated,
+    or cut from ``crop_of`` in sample_images/ (photos get a restoration filter, version 5)."""
 
     name: str
     size: tuple[int, int]
     mode: str
     options: dict[str, object] = dataclasses.field(default_factory=dict)
+    crop_of: str | None = None
 
 
 _EXIF = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00"
@@ -103,12 +107,18 @@ CORPUS: tuple[Spec, ...] = (
     Spec("rgb-130x70-q10", (130, 70), "RGB", {"quality": 10}),
     Spec("rgb-1100x70-q60-2tiles", (1100, 70), "RGB", {"quality": 60}),
     Spec("rgb-1024x1-q60", (1024, 1), "RGB", {"quality": 60}),  # a one-row tile to repeat
+    Spec("photo-40x32-q62", (40, 32), "RGB", {"quality": 62}, crop_of="coffee.png"),
 )
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 
 
 def _image(spec: Spec, seed: int) -> Image.Image:
-    """A smooth gradient with a little noise, the kind of image the codec is made for."""
+    """A smooth gradient with a little noise, the kind of image the codec is made for, or
+    the crop of a photo."""
     width, height = spec.size
+    if spec.crop_of is not None:
+        with Image.open(SAMPLES / spec.crop_of) as photo:
+            return photo.convert(spec.mode).crop((150, 100, 150 + width, 100 + height))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     u, v = xx / max(width - 1, 63), yy / max(height - 1, 63)
     planes = np.stack([40 + 170 * u, 60 + 150 * v, 200 - 60 * (u + v), 90 + 100 * u * v], -1)
@@ -245,6 +255,7 @@ _FORGERIES = {
     "model": 5,
     "khdr_bytes": 5,
     "alpha": 10,
+    "restoration": 10,
     "metadata": 10,
     "structure": 15,
 }
@@ -299,6 +310,8 @@ def _chunks(kae: container.KaeFile) -> Chunks:
     out = [(ctype, getattr(kae, name)) for ctype, name in _METADATA if getattr(kae, name)]
     if kae.alpha is not None:
         out.append((b"ALPH", kae.alpha))
+    if kae.restoration is not None:
+        out.append((b"KRST", kae.restoration))
     out += [(b"KTIL", tile) for tile in kae.tiles]
     out.append((b"KEND", b""))
     return out
@@ -335,6 +348,7 @@ class Corpus:
         self.files = list(files)
         self.parsed = [container.read(io.BytesIO(data)) for data in self.files]
         self.tiles = [tile for kae in self.parsed for tile in kae.tiles]
+        self.filters = [kae.restoration for kae in self.parsed if kae.restoration is not None]
         models = {kae.header.model_name: kae.header for kae in self.parsed}
         self.models = [{k: _header_fields(h)[k] for k in _MODEL_FIELDS} for h in models.values()]
         self._alpha_pngs: dict[tuple[int, int], list[bytes]] = {}
@@ -603,6 +617,40 @@ class _Forgery:
         self.chunks[at] = (b"ALPH", data)
         return f"ALPH: {kind}"
 
+    # -- KRST
+
+    def restoration(self) -> str:
+        """KRST: noise, flipped bits, cut, extended, another file's, extreme coefficients,
+        forged counts; or added (to any version)."""
+        rng = self.rng
+        positions = self._positions(b"KRST")
+        kind = rng.choice(
+            ("random", "flip", "truncate", "extend", "splice", "extreme", "counts", "added")
+        )
+        if not positions or kind == "added":
+            data = rng.choice(self.corpus.filters or [_EXTREME_FILTER])
+            tiles = self._positions(b"KTIL")
+            self.chunks.insert(tiles[0] if tiles else len(self.chunks), (b"KRST", data))
+            return f"KRST added, version {self.fields['version']}"
+        at = positions[0]
+        data = self.chunks[at][1]
+        if kind == "random":
+            data = self._random_bytes(200)
+        elif kind == "flip":
+            data = _flip_bits(rng, data, rng.randint(1, 8))
+        elif kind == "truncate":
+            data = data[: rng.randrange(len(data) + 1)]
+        elif kind == "extend":
+            data += self._random_bytes(16)
+        elif kind == "splice":
+            data = rng.choice(self.corpus.filters or [data])
+        elif kind == "extreme":
+            data = _EXTREME_FILTER
+        else:
+            data = bytes([1, rng.randrange(256), rng.randrange(256)]) + data[3:]
+        self.chunks[at] = (b"KRST", data)
+        return f"KRST: {kind} -> {len(data)} bytes"
+
     def metadata(self) -> str:
         """Metadata and unknown chunks (ancillary and critical), replaced or inserted."""
         rng = self.rng
@@ -648,6 +696,15 @@ class _Forgery:
             ctype = rng.choice((b"K1IL", b"\x00\x00\x00\x00", b"KT L", b"\xcbTIL"))
             chunks[at] = (ctype, chunks[at][1])
         return f"structure: {kind} at {at}"
+
+
+#: A valid filter at the limits: one filter of the largest coefficients, alternating sign.
+_EXTREME_FILTER = restoration.RestorationFilter(
+    (),
+    np.zeros((1, restoration.DIRECTIONS), np.uint8),
+    restoration.MAX_COEFFICIENT
+    * np.resize(np.array([1, -1], np.int32), (3, 1, restoration.COEFFICIENTS)),
+).pack()
 
 
 def damage(rng: random.Random, data: bytes) -> tuple[bytes, str]:
