@@ -336,6 +336,9 @@ def _merge(
     groups = [[k] for k in range(len(normal))]
     a, b = normal.copy(), right.copy()  # each group's summed statistics
     _, removed = _solve(a, b)
+    together = np.full((len(groups), len(groups)), -np.inf)  # what a merged pair removes
+    i, j = np.triu_indices(len(groups), 1)
+    together[i, j] = _solve(a[i] + a[j], b[i] + b[j])[1]
     best, best_value = None, 0.0
     while True:
         if len(groups) <= MAX_FILTERS and 0 < removed.sum() < error:
@@ -346,15 +349,20 @@ def _merge(
                 best, best_value = candidate, value
         if len(groups) == 1:
             return best
-        i, j = np.triu_indices(len(groups), 1)
-        _, together = _solve(a[i] + a[j], b[i] + b[j])
-        pick = int(np.argmin(removed[i] + removed[j] - together))
-        first, second = int(i[pick]), int(j[pick])
+        loss = removed[:, None] + removed[None, :] - together  # +inf off the upper triangle
+        first, second = np.unravel_index(int(np.argmin(loss)), loss.shape)
         groups[first] += groups.pop(second)
         a[first] += a[second]
         b[first] += b[second]
-        removed[first] = together[pick]
+        removed[first] = together[first, second]
         a, b, removed = (np.delete(v, second, 0) for v in (a, b, removed))
+        together = np.delete(np.delete(together, second, 0), second, 1)
+        others = np.arange(len(groups)) != first
+        merged = _solve(a[first] + a[others], b[first] + b[others])[1]
+        row, column = together[first].copy(), together[:, first].copy()
+        row[others], column[others] = merged, merged
+        together[first] = np.where(np.arange(len(groups)) > first, row, -np.inf)
+        together[:, first] = np.where(np.arange(len(groups)) < first, column, -np.inf)
 
 
 def _as_filter(
