@@ -62,6 +62,8 @@ MAX_ACTIVITY = 25 * 4 * 4 * 255  # a 5x5 window of |Laplacian| of R+2G+B, at the
 #: the rate grows about 20-25 % per dB (Kodak), so a filter whose side information costs more
 #: than that share of its gain does not pay.
 RATE_PER_DB = 0.2
+#: Pixels the fit needs per filter: 42 coefficients fitted on fewer would fit the noise.
+PIXELS_PER_FILTER = 1024
 _STRIP_PIXELS = 1 << 18  # pixels per strip: bounds the work arrays to a few MB each
 
 
@@ -311,7 +313,7 @@ class Fit:
                     rows = slice(bounds[k], bounds[k + 1])
                     normal[k, c] += x[rows].T @ x[rows]
                     right[k, c] += x[rows].T @ target[rows]
-        return _merge(thresholds, normal, right, error, file_bits)
+        return _merge(thresholds, normal, right, error, file_bits, len(levels))
 
 
 def _solve(normal: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +331,12 @@ def _solve(normal: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _merge(
-    thresholds: np.ndarray, normal: np.ndarray, right: np.ndarray, error: float, file_bits: float
+    thresholds: np.ndarray,
+    normal: np.ndarray,
+    right: np.ndarray,
+    error: float,
+    file_bits: float,
+    pixels: int,
 ) -> RestorationFilter | None:
     """Merge classes greedily, the pair whose merge loses the least first (as ALF encoders
     do), and keep the number of filters whose gain best pays for its bytes."""
@@ -341,7 +348,8 @@ def _merge(
     together[i, j] = _solve(a[i] + a[j], b[i] + b[j])[1]
     best, best_value = None, 0.0
     while True:
-        if len(groups) <= MAX_FILTERS and 0 < removed.sum() < error:
+        enough = len(groups) * PIXELS_PER_FILTER <= pixels  # no overfitting tiny images
+        if len(groups) <= MAX_FILTERS and enough and 0 < removed.sum() < error:
             candidate = _as_filter(thresholds, groups, a, b)
             gain_db = 10 * np.log10(error / (error - removed.sum()))
             value = RATE_PER_DB * file_bits * gain_db - 8 * (len(candidate.pack()) + 12)

@@ -225,3 +225,11 @@ def test_restoration_chunk_rules():
     bad = container._chunk(container.KRST, b"\x01\x01\x01" + bytes(5))
     with pytest.raises(OSError, match=r"broken KAE file.*truncated after"):
         decode(container.SIGNATURE + head + bad + tiles + end)
+
+
+def test_tiny_images_get_no_filter():
+    """Under PIXELS_PER_FILTER pixels a filter would fit the noise of those few pixels."""
+    tiny = photo(30, 30)
+    data = encode(tiny, quality=95)
+    assert container.read(io.BytesIO(data)).restoration is None
+    assert data[16] < container.RESTORATION_VERSION
