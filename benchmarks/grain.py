@@ -1,7 +1,7 @@
 """Grain on smooth areas: does the codec add speckle the original does not have?
 
     python -m benchmarks.grain [--folder DIR] [--quality 75] [--model M] [--effort E]
-                               [--every N]
+                               [--every N] [--figure IMAGE --out PNG]
 
 Grain is the RMS of the luminance minus its 3x3 mean, over the flat parts of the image.
 Flat parts are where the original has no structure: the standard deviation of its
@@ -78,6 +78,52 @@ def webp_at(image: Image.Image, num_bytes: int) -> bytes:
     return best
 
 
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+def figure(path: Path, options: dict[str, object], out: Path, size: int = 160) -> None:
+    """Side by side, 2x: the ``size``-pixel square of ``path`` where ``.kae`` without its
+    restoration filter adds the most grain on flat parts, in the original, in ``.kae``
+    without and with the filter, and in WebP at the ``.kae`` bytes."""
+    from PIL import ImageDraw
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    original = np.asarray(rgb)
+    kae = _encode(rgb, "KAE", **options)
+    plain = _encode(rgb, "KAE", **options, restore=False)
+    unfiltered = _decode(plain)
+
+    def energy(pixels: np.ndarray) -> np.ndarray:
+        lum = luminance(pixels)
+        return (lum - _box(lum, 3)) ** 2
+
+    excess = _box((energy(unfiltered) - energy(original)) * flat_mask(original), size)
+    r = size // 2
+    y, x = np.unravel_index(np.argmax(excess[r:-r, r:-r]), excess[r:-r, r:-r].shape)
+    box = (int(x), int(y), int(x) + size, int(y) + size)
+    panels = [
+        ("original", original),
+        (f".kae restore=False {len(plain)} B", unfiltered),
+        (f".kae {len(kae)} B", _decode(kae)),
+        (f"WebP {len(webp := webp_at(rgb, len(kae)))} B", _decode(webp)),
+    ]
+    canvas = Image.new("RGB", (4 * 2 * size + 3 * 8, 2 * size + 24), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, pixels) in enumerate(panels):
+        crop = Image.fromarray(pixels).crop(box).resize((2 * size, 2 * size), Image.NEAREST)
+        left = i * (2 * size + 8)
+        canvas.paste(crop, (left, 24))
+        psnr = "" if i == 0 else f", {_psnr(pixels, original):.2f} dB"
+        draw.text((left + 4, 6), label + psnr, fill="black")
+        print(f"{label}{psnr}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    print(f"crop {box} of {path.name} -> {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folder", type=Path, default=None)
@@ -86,10 +132,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--effort", type=int, default=0, help="the .kae save option")
     parser.add_argument("--every", type=int, default=1, help="use every n-th image")
     parser.add_argument("--json", type=Path, default=Path("out/grain.json"))
+    parser.add_argument("--figure", help="instead: a side-by-side crop of this image")
+    parser.add_argument("--out", type=Path, default=Path("out/grain.png"), help="the figure")
     args = parser.parse_args(argv)
     folder, paths = test_images(args.folder, args.every)
     options = {"quality": args.quality, "effort": args.effort}
     options |= {"model": args.model} if args.model else {}
+    if args.figure:
+        figure(next(p for p in paths if p.name == args.figure), options, args.out)
+        return
     print(f"images: {folder} ({len(paths)}); .kae with {options}")
     rows = []
     for path in tqdm(paths, desc="grain"):
