@@ -13,6 +13,7 @@ Subcommands::
                                            bits per pixel each image costs (low = familiar),
                                            or M's bits over R's
     kae bench FOLDER [--codecs C,...] [--out DIR] [--limit N]
+    kae bench --merge RESULTS.json... [--out DIR]
                                            rate-distortion against Pillow's other codecs
 
 ``info`` and ``models`` read only headers and model cards, so they never import
@@ -30,6 +31,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -38,6 +40,9 @@ from pillow_kae import zoo as model_zoo
 from pillow_kae.container import RESTORATION_VERSION
 from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY
 from pillow_kae.zoo import quality as quality_ladder
+
+if TYPE_CHECKING:
+    from pillow_kae.bench.report import BenchResult
 
 # Named explicitly: under ``python -m pillow_kae.cli`` __name__ is "__main__".
 log = logging.getLogger("pillow_kae.cli")
@@ -362,10 +367,20 @@ def _positive(text: str) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pillow_kae.bench import codecs as bench_codecs
     from pillow_kae.bench import runner
-    from pillow_kae.bench.report import summary_markdown
     from pillow_kae.bench.sweep import list_images
 
-    folder, out = Path(args.folder), Path(args.out)
+    out = Path(args.out)
+    if args.merge:
+        if args.folder is not None or args.codecs is not None or args.limit is not None:
+            raise CliError("--merge takes results.json files, not a folder, --codecs or --limit")
+        try:
+            result = runner.merge([Path(name) for name in args.merge], out)
+        except runner.BenchError as err:
+            raise CliError(str(err)) from err
+        return _bench_written(result, out)
+    if args.folder is None:
+        raise CliError("name a folder of images (or --merge earlier results)")
+    folder = Path(args.folder)
     if not folder.is_dir():
         raise CliError(f"{folder}: not a folder")
     try:
@@ -386,6 +401,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = runner.run(folder, out, codecs, args.limit, progress=sys.stderr.isatty())
     except runner.BenchError as err:
         raise CliError(str(err)) from err
+    return _bench_written(result, out)
+
+
+def _bench_written(result: BenchResult, out: Path) -> int:
+    from pillow_kae.bench import runner
+    from pillow_kae.bench.report import summary_markdown
+
     print()
     print(summary_markdown(result))
     if result.plot is None:
@@ -486,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="rate-distortion of .kae against JPEG, WebP, AVIF and JPEG XL on your images",
     )
-    p.add_argument("folder", metavar="FOLDER", help="a folder of images (PNG is best)")
+    p.add_argument("folder", metavar="FOLDER", nargs="?", help="a folder of images (PNG is best)")
     p.add_argument(
         "--codecs",
         type=_codec_list,
@@ -496,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
     p.add_argument("--limit", type=_positive, default=None, help="only the first N images")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS",
+        help="measure nothing: one report from earlier runs' results.json on the same images, "
+        "each codec as the last of them measured it",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 

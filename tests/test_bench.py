@@ -245,6 +245,50 @@ def test_bench_report_and_plot(bench_run: tuple[Path, str]) -> None:
     assert "rd.png" in report
 
 
+def test_bench_merge(bench_run: tuple[Path, str], tmp_path: Path) -> None:
+    """Earlier runs on the same images make one report: each codec from the last run that
+    measured it; nothing is measured again."""
+    out, _ = bench_run
+    first = json.loads((out / "results.json").read_text())
+    folder = first["folder"]
+    again = tmp_path / "jpeg-again"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["bench", folder, "--codecs", "jpeg", "--out", str(again)]) == 0
+    merged = tmp_path / "merged"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        runs = [str(out / "results.json"), str(again / "results.json")]
+        assert main(["bench", "--merge", *runs, "--out", str(merged)]) == 0
+    data = json.loads((merged / "results.json").read_text())
+    assert data["merged_from"] == {"kae": runs[0], "jpeg": runs[1]}
+    assert "Merged from earlier runs" in stdout.getvalue()
+    later = json.loads((again / "results.json").read_text())["results"]
+    expected = [r for r in first["results"] if r["codec"] == "kae"] + later
+    assert data["results"] == expected
+    assert isinstance(data["bd_rate"]["psnr"]["kae"]["jpeg"], float)
+    assert [crop["file"] for crop in data["crops"]] == ["crop_best.png", "crop_worst.png"]
+
+
+def test_bench_merge_errors(
+    bench_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = bench_run
+    results = out / "results.json"
+    other = json.loads(results.read_text())
+    other["images"] = other["images"][:1]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "junk.json").write_text("{}")
+    target = str(tmp_path / "merged")
+    assert main(["bench", "--merge", str(results), str(tmp_path / "other.json")]) == 1
+    assert "measured other images" in _one_error(capsys)
+    assert main(["bench", "--merge", str(tmp_path / "junk.json"), "--out", target]) == 1
+    assert "not a kae bench results.json" in _one_error(capsys)
+    assert main(["bench", str(tmp_path), "--merge", str(results), "--out", target]) == 1
+    assert "not a folder" in _one_error(capsys)
+    assert main(["bench", "--out", target]) == 1
+    assert "name a folder" in _one_error(capsys)
+
+
 def _one_error(capsys: pytest.CaptureFixture[str]) -> str:
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("kae: error:"), lines

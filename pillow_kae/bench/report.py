@@ -41,6 +41,7 @@ class BenchResult:
     bd: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
     crops: list[dict[str, object]] = field(default_factory=list)
     plot: str | None = None  # file name, None when matplotlib is missing
+    sources: dict[str, str] = field(default_factory=dict)  # codec -> results.json, if merged
 
 
 def bd_matrix(curves: Mapping[str, Sequence[CurvePoint]], key: str) -> dict[str, dict]:
@@ -122,6 +123,7 @@ def to_json(result: BenchResult) -> dict[str, object]:
             "bd_rate": {"method": BD_METHOD, "unit": "percent", **result.bd},
             "plot": result.plot,
             "crops": result.crops,
+            "merged_from": result.sources,
             "environment": _versions(),
         }
     )
@@ -150,6 +152,11 @@ def summary_markdown(result: BenchResult) -> str:
         "",
         NOTES,
         "",
+    ]
+    if result.sources:
+        merged = "; ".join(f"{codec} from {path}" for codec, path in result.sources.items())
+        lines += [f"Merged from earlier runs on the same images: {merged}.", ""]
+    lines += [
         "## Codecs",
         "",
         "| codec | | qualities | bpp | PSNR (dB) | MS-SSIM (dB) | encode ms | decode ms |",

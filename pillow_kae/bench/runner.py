@@ -10,7 +10,7 @@ from pathlib import Path
 from pillow_kae.bench import crops, plot, report
 from pillow_kae.bench.codecs import Codec, registry
 from pillow_kae.bench.report import BenchResult
-from pillow_kae.bench.sweep import list_images, mean_curves, sweep
+from pillow_kae.bench.sweep import Measurement, list_images, mean_curves, sweep
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +55,67 @@ def run(
     images, results = sweep(paths, codecs, progress=progress)
     if not images:
         raise BenchError(f"{folder}: none of the {len(paths)} image files could be decoded")
+    return _write(BenchResult(str(folder), images, list(codecs), results, {}), out)
+
+
+def merge(runs: Sequence[Path], out: Path) -> BenchResult:
+    """One report from the ``results.json`` of earlier runs on the same images: each codec
+    as the last run that measured it (so ``--codecs kae`` after a change to the codec can
+    be set beside last week's JPEG, WebP and AVIF without measuring them again)."""
+    known = registry()
+    measured: dict[str, tuple[Path, list[Measurement]]] = {}
+    folder, images = "", None
+    for path in runs:
+        try:
+            data = json.loads(Path(path).read_text())
+            rows = [_measurement(row) for row in data["results"]]
+            names = sorted(str(image["name"]) for image in data["images"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise BenchError(f"{path}: not a kae bench results.json ({err})") from err
+        if images is not None and names != sorted(str(i["name"]) for i in images):
+            raise BenchError(f"{path} measured other images than {runs[0]}")
+        folder, images = str(data["folder"]), data["images"]
+        for codec in dict.fromkeys(row.codec for row in rows):
+            if codec not in known:
+                log.warning("%s: skipping %s, a codec this version does not know", path, codec)
+                continue
+            measured[codec] = (Path(path), [row for row in rows if row.codec == codec])
+    if not measured or images is None:
+        raise BenchError("nothing to merge")
+    codecs = [known[name] for name in measured]
+    results = [row for _, rows in measured.values() for row in rows]
+    sources = {name: str(path) for name, (path, _) in measured.items()}
+    return _write(BenchResult(folder, images, codecs, results, {}, sources=sources), out)
+
+
+def _measurement(row: dict[str, object]) -> Measurement:
+    return Measurement(**{name: row[name] for name in Measurement.__dataclass_fields__})
+
+
+def _write(result: BenchResult, out: Path) -> BenchResult:
+    """Curves, BD-rate matrices, plot, crops (when the images are still there), JSON and
+    Markdown of ``result``, into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    curves = mean_curves(results)
-    result = BenchResult(str(folder), images, list(codecs), results, curves)
-    result.bd = {name: report.bd_matrix(curves, key) for name, key in report.BD_METRICS.items()}
-    labels = {c.name: c.label for c in codecs}
-    title = f"{folder.name or folder}: {len(images)} images"
-    if plot.plot(curves, labels, title, out / PLOT_NAME):
+    folder = Path(result.folder)
+    result.curves = mean_curves(result.results)
+    result.bd = {
+        name: report.bd_matrix(result.curves, key) for name, key in report.BD_METRICS.items()
+    }
+    labels = {c.name: c.label for c in result.codecs}
+    title = f"{folder.name or folder}: {len(result.images)} images"
+    if plot.plot(result.curves, labels, title, out / PLOT_NAME):
         result.plot = PLOT_NAME
-    by_name = {c.name: c for c in codecs}
+    by_name = {c.name: c for c in result.codecs}
     if "kae" in by_name and len(by_name) > 1:
-        picks = crops.pick(results)
+        picks = crops.pick(result.results)
         if picks is None:
             log.warning("no crops: no other codec reaches the rates of .kae on any image")
         else:
             for choice, (stem, heading) in zip(picks, CROPS, strict=True):
                 path = folder / choice.image
+                if not path.is_file():
+                    log.warning("no crops: %s is not there any more", path)
+                    break
                 target = out / f"crop_{stem}.png"
                 result.crops.append(crops.write_crop(choice, heading, path, by_name, target))
     (out / JSON_NAME).write_text(json.dumps(report.to_json(result), indent=1) + "\n")
