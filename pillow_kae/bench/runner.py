@@ -105,9 +105,9 @@ def _write(result: BenchResult, out: Path) -> BenchResult:
     title = f"{folder.name or folder}: {len(result.images)} images"
     if plot.plot(result.curves, labels, title, out / PLOT_NAME):
         result.plot = PLOT_NAME
-    by_name = {c.name: c for c in result.codecs}
+    by_name = {c.name: c for c in result.codecs if c.available()}  # crops code them again
     if "kae" in by_name and len(by_name) > 1:
-        picks = crops.pick(result.results)
+        picks = crops.pick([m for m in result.results if m.codec in by_name])
         if picks is None:
             log.warning("no crops: no other codec reaches the rates of .kae on any image")
         else:
