@@ -269,6 +269,19 @@ def test_bench_merge(bench_run: tuple[Path, str], tmp_path: Path) -> None:
     assert [crop["file"] for crop in data["crops"]] == ["crop_best.png", "crop_worst.png"]
 
 
+def test_bench_merge_without_a_codec_here(bench_run: tuple[Path, str], tmp_path: Path) -> None:
+    """A codec measured elsewhere but not installed here keeps its curve; only the crops,
+    which code images again, leave it out."""
+    out, _ = bench_run
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
+        patch.setattr(codecs.Codec, "available", lambda self: self.name != "jpeg")
+        args = ["bench", "--merge", str(out / "results.json"), "--out", str(tmp_path)]
+        assert main(args) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert isinstance(data["bd_rate"]["psnr"]["kae"]["jpeg"], float)
+    assert data["crops"] == []
+
+
 def test_bench_merge_errors(
     bench_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
