@@ -534,9 +534,9 @@ def fit_restoration(
         return None
     height, width = pixels.shape[:2]
     y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
-    padded = _round_up(width, model.pad_multiple) * _round_up(height, model.pad_multiple)
-    count = len(_windows(*(_round_up(n, model.pad_multiple) for n in (width, height)), None))
-    every = max(1, -(-padded // RESTORATION_FIT_PIXELS)) if count > 1 else 1
+    padded_w, padded_h = _round_up(width, model.pad_multiple), _round_up(height, model.pad_multiple)
+    several = len(_windows(padded_w, padded_h, None)) > 1
+    every = max(1, -(-padded_w * padded_h // RESTORATION_FIT_PIXELS)) if several else 1
     fit = restoration.Fit()
     for box, decoded in _synthesis_windows(model, y_hat, width, height, every=every):
         left, top, right, bottom = box
