@@ -82,7 +82,7 @@ STARTUP_S = 600.0  # a worker's start-up on a loaded machine is slow, but not th
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One corpus file: an image of ``size`` and ``mode`` saved with ``options``; generated,
-    or cut from ``crop_of`` in sample_images/ (photos get a restoration filter, version 5)."""
+    or cut from ``crop_of`` in sample_images/ (photos get a restoration filter, version 6)."""
 
     name: str
     size: tuple[int, int]
@@ -107,7 +107,7 @@ CORPUS: tuple[Spec, ...] = (
     Spec("rgb-130x70-q10", (130, 70), "RGB", {"quality": 10}),
     Spec("rgb-1100x70-q60-2tiles", (1100, 70), "RGB", {"quality": 60}),
     Spec("rgb-1024x1-q60", (1024, 1), "RGB", {"quality": 60}),  # a one-row tile to repeat
-    Spec("photo-40x32-q62", (40, 32), "RGB", {"quality": 62}, crop_of="coffee.png"),
+    Spec("photo-48x40-q80", (48, 40), "RGB", {"quality": 80}, crop_of="coffee.png"),
 )
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 
@@ -628,7 +628,7 @@ class _Forgery:
             ("random", "flip", "truncate", "extend", "splice", "extreme", "counts", "added")
         )
         if not positions or kind == "added":
-            data = rng.choice(self.corpus.filters or [_EXTREME_FILTER])
+            data = rng.choice(self.corpus.filters + _EXTREME_FILTERS)
             tiles = self._positions(b"KTIL")
             self.chunks.insert(tiles[0] if tiles else len(self.chunks), (b"KRST", data))
             return f"KRST added, version {self.fields['version']}"
@@ -645,9 +645,9 @@ class _Forgery:
         elif kind == "splice":
             data = rng.choice(self.corpus.filters or [data])
         elif kind == "extreme":
-            data = _EXTREME_FILTER
+            data = rng.choice(_EXTREME_FILTERS)
         else:
-            data = bytes([1, rng.randrange(256), rng.randrange(256)]) + data[3:]
+            data = data[:1] + bytes([rng.randrange(256), rng.randrange(256)]) + data[3:]
         self.chunks[at] = (b"KRST", data)
         return f"KRST: {kind} -> {len(data)} bytes"
 
@@ -698,13 +698,19 @@ class _Forgery:
         return f"structure: {kind} at {at}"
 
 
-#: A valid filter at the limits: one filter of the largest coefficients, alternating sign.
-_EXTREME_FILTER = restoration.RestorationFilter(
-    (),
-    np.zeros((1, restoration.DIRECTIONS), np.uint8),
-    restoration.MAX_COEFFICIENT
-    * np.resize(np.array([1, -1], np.int32), (3, 1, restoration.COEFFICIENTS)),
-).pack()
+#: Valid filters at the limits, one per shape: one filter of the largest coefficients,
+#: alternating sign, the tightest clip.
+_EXTREME_FILTERS = [
+    restoration.RestorationFilter(
+        (),
+        np.zeros((1, shape.classes), np.uint8),
+        restoration.MAX_COEFFICIENT
+        * np.resize(np.array([1, -1], np.int32), (3, 1, shape.coefficients)),
+        shape,
+        1 if shape.clipped else restoration.NO_CLIP,
+    ).pack()
+    for shape in restoration.SHAPES.values()
+]
 
 
 def damage(rng: random.Random, data: bytes) -> tuple[bytes, str]:

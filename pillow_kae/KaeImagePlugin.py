@@ -223,7 +223,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         if im.encoderinfo.get("restore", True)
         else None
     )
-    version = codec.format_version(model, gain_step, restoration_filter is not None)
+    version = codec.format_version(model, gain_step, restoration_filter)
     header = container.Header(
         width=im.width,
         height=im.height,

@@ -37,7 +37,7 @@ from PIL import Image
 
 from pillow_kae import __version__, convert
 from pillow_kae import zoo as model_zoo
-from pillow_kae.container import RESTORATION_VERSION
+from pillow_kae.container import COLOUR_RESTORATION_VERSION, RESTORATION_VERSION
 from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY
 from pillow_kae.zoo import quality as quality_ladder
 
@@ -186,7 +186,10 @@ def _file_info(path: Path) -> dict:
     }
 
 
-_VERSION_NOTES = {RESTORATION_VERSION: " (with a restoration filter)"}
+_VERSION_NOTES = {
+    RESTORATION_VERSION: " (with a restoration filter)",
+    COLOUR_RESTORATION_VERSION: " (with a restoration filter, shape 2)",
+}
 
 
 def _format_info(info: dict) -> str:

@@ -23,7 +23,8 @@ window's centre: the pixels do not depend on tiles or windows. Memory is the ima
 Version 3 is version 2 with y coded in channel slices (``_SliceContext``); version 4 is
 either, at a gain step between whole steps (``fixed_point.scale_indices``); version 5 is
 4 plus a restoration filter (``pillow_kae.restoration``) that the encoder fits on what the
-decoder synthesises (``fit_restoration``) and the decoder applies to the pixels. Version 1 files
+decoder synthesises (``fit_restoration``) and the decoder applies to the pixels; version 6
+the same with the filter in shape 2 (colour terms and clipping). Version 1 files
 coded each tile on its own, pixels included (visible seams); they still decode. The
 seed-dense model codes 48x48 blocks in independent tiles in both versions.
 """
@@ -39,7 +40,6 @@ from pillow_kae.container import (
     CHANNEL_CONDITIONAL_VERSION,
     FINE_GAIN_VERSION,
     FORMAT_VERSION,
-    RESTORATION_VERSION,
 )
 from pillow_kae.entropy_models.coder import TableCoder, as_values, new_decoder, new_encoder
 from pillow_kae.entropy_models.fixed_point import (
@@ -636,12 +636,15 @@ def encode_image(
     return _encode_image_hyperprior(model, pixels, gain_step, tile_size, effort)
 
 
-def format_version(model: CodecModel, gain_step: float = 0, restored: bool = False) -> int:
+def format_version(
+    model: CodecModel, gain_step: float = 0, restoration_filter: RestorationFilter | None = None
+) -> int:
     """The KHDR version of what ``encode_image`` writes with ``model`` at ``gain_step``: the
-    lowest that holds it (5 with a restoration filter, 4 for a fraction of a step, else 3 for
-    channel slices, else 2), so that files stay readable by the oldest decoder that can."""
-    if restored:
-        return RESTORATION_VERSION
+    lowest that holds it (the filter shape's, 5 or 6, with a restoration filter; 4 for a
+    fraction of a step, else 3 for channel slices, else 2), so that files stay readable by
+    the oldest decoder that can."""
+    if restoration_filter is not None:
+        return restoration_filter.shape.version
     if gain_step != int(gain_step):
         return FINE_GAIN_VERSION
     return CHANNEL_CONDITIONAL_VERSION if model.slices else FORMAT_VERSION
@@ -658,13 +661,16 @@ def decode_image(
     restoration_filter: RestorationFilter | None = None,
 ) -> np.ndarray:
     """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines, then
-    ``restoration_filter`` (the file's ``KRST``, version 5) applied in place."""
+    ``restoration_filter`` (the file's ``KRST``, versions 5 and 6) applied in place."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
     if restoration_filter is not None and (
-        version < RESTORATION_VERSION or model.kind == "seed-dense"
+        version != restoration_filter.shape.version or model.kind == "seed-dense"
     ):
-        raise TileDecodeError(f"a restoration filter in a version {version} file")
+        raise TileDecodeError(
+            f"a shape {restoration_filter.shape.code} restoration filter in a version "
+            f"{version} file"
+        )
     fine = version >= FINE_GAIN_VERSION  # codes as the model does, slices or not
     if not fine and bool(model.slices) != (version == CHANNEL_CONDITIONAL_VERSION):
         raise TileDecodeError(

@@ -26,6 +26,7 @@ from typing import IO
 
 __all__ = [
     "CHANNEL_CONDITIONAL_VERSION",
+    "COLOUR_RESTORATION_VERSION",
     "FINE_GAIN_VERSION",
     "FORMAT_VERSION",
     "GAIN_STEP_DIVISIONS",
@@ -55,13 +56,15 @@ SIGNATURE = b"\x89KAE\r\n\x1a\n"
 #: channel slices (channel-conditional models only, which are written as 3); 4: as 2 or 3
 #: (as the model codes), with the gain step in sixteenths of a step, for the rate points
 #: between whole steps; 5: as 4, plus a ``KRST`` chunk, the restoration filter the decoder
-#: applies to the pixels. Writers use the lowest version that can hold the file; readers
-#: accept all five.
+#: applies to the pixels; 6: as 5, the filter in shape 2 (colour terms, clipping: the shape
+#: byte of ``KRST`` must match the version). Writers use the lowest version that can hold
+#: the file; readers accept all six.
 FORMAT_VERSION = 2
 CHANNEL_CONDITIONAL_VERSION = 3
 FINE_GAIN_VERSION = 4
 RESTORATION_VERSION = 5
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
+COLOUR_RESTORATION_VERSION = 6
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
@@ -285,7 +288,7 @@ class KaeFile:
 
     header: Header
     tiles: list[bytes]
-    restoration: bytes | None = None  # KRST data (version 5), parsed by pillow_kae.restoration
+    restoration: bytes | None = None  # KRST data (versions 5, 6): pillow_kae.restoration parses it
     alpha: bytes | None = None
     exif: bytes | None = None
     icc_profile: bytes | None = None

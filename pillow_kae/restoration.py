@@ -1,24 +1,29 @@
 """The restoration filter: a Wiener filter the encoder fits to each image and the file carries.
 
 A decoder trained for ~50 k steps leaves structured error in its pixels: grain on flat areas
-(where its output wobbles around a smooth original) and softness on texture. Both are linear
-enough to undo with a small filter, but which filter depends on the image and the rate, so the
-encoder, which has the original, fits it by least squares (as VVC's adaptive loop filter and
-AV1's Wiener loop restoration do) and stores it in a ``KRST`` chunk (format version 5).
+(where its output wobbles around a smooth original), softness on texture, and colours a
+little off (washed out, shifted in the shadows). All three are linear enough to undo with a
+small filter, but which filter depends on the image and the rate, so the encoder, which has
+the original, fits it by least squares (as VVC's adaptive loop filter and AV1's Wiener loop
+restoration do) and stores it in a ``KRST`` chunk (docs/format.md §7).
 
 Each pixel gets a *class* from the decoded image around it: how busy it is (``activity``, cut
-into bins at thresholds the file stores) and which way its detail runs (``direction``). The
-file maps every class to one of a few filters; a filter is, per colour channel, a
-point-symmetric 5x5 diamond on the channel itself plus the nearest horizontal and vertical
-second differences of the two other channels. So flat areas get a smoothing filter, texture a
-sharpening one, edges one along the edge, and each channel may borrow detail from the others.
-Everything after the decoded pixels is integer arithmetic:
+into bins at thresholds the file stores), which way its detail runs (``direction``) and, in
+shape 2, whether it is dark or bright. The file maps every class to one of a few filters; a
+filter is, per colour channel, a point-symmetric diamond on the channel itself plus the
+nearest horizontal and vertical second differences of the two other channels, and in shape 2
+an offset and a colour matrix. So flat areas get a smoothing filter, texture a sharpening one,
+edges one along the edge, and each channel may borrow detail from the others. Everything after
+the decoded pixels is integer arithmetic:
 
-    out = clip(x + ((sum_k c_k * d_k + 128) >> 8), 0, 255),  d = x[p + k] + x[p - k] - 2 x[p]
+    out = clip(x + ((sum_k c_k * d_k + 16 c_o + sum_j m_j (x_j - 128) + 128) >> 8), 0, 255)
+    d = clip(x[p + k] - x[p], -C, C) + clip(x[p - k] - x[p], -C, C)
 
-with c in 1/256ths, so the filter itself is exact on every machine (the pixels it starts from
-come from floating-point g_s). Edges replicate, and the image is filtered in strips of rows in
-place: memory is a strip, and the result does not depend on the strip height.
+with c, c_o and m in 1/256ths (shape 1: no offset, no colour matrix, no clipping), so the
+filter itself is exact on every machine (the pixels it starts from come from floating-point
+g_s). Clipping the differences keeps an edge from leaking into the flat area beside it (ALF's
+non-linear filter). Edges replicate, and the image is filtered in strips of rows in place:
+memory is a strip, and the result does not depend on the strip height.
 """
 
 from __future__ import annotations
@@ -31,49 +36,102 @@ import numpy as np
 
 __all__ = [
     "HALO",
-    "TAPS",
+    "LATEST",
+    "SHAPES",
     "Fit",
     "RestorationFilter",
+    "Shape",
     "activity",
     "apply",
     "classes",
 ]
 
 #: Offsets (row, column) of one half of the point-symmetric 5x5 diamond; the other half mirrors.
-TAPS = ((0, 1), (0, 2), (1, -2), (1, -1), (1, 0), (1, 1), (1, 2), (2, -1), (2, 0), (2, 1))
-#: The taps of ``TAPS`` each channel also takes from the two other channels: (0, 1), (1, 0).
-CROSS_TAPS = (0, 4)
-#: Coefficients of one filter for one channel: its own taps, then those of the next channel
-#: and of the one after it (R: G then B; G: B then R; B: R then G).
-COEFFICIENTS = len(TAPS) + 2 * len(CROSS_TAPS)
-#: Pixels around a filtered pixel that it depends on: 2 for the taps; 1 + 2 for the activity
-#: and direction (second differences summed over a 5x5 window).
+TAPS_5X5 = ((0, 1), (0, 2), (1, -2), (1, -1), (1, 0), (1, 1), (1, 2), (2, -1), (2, 0), (2, 1))
+#: Pixels around a filtered pixel that it depends on: 3 for the widest taps; 1 + 2 for the
+#: activity and direction (second differences summed over a 5x5 window).
 HALO = 3
 DIRECTIONS = 3  # no clear direction, mostly horizontal detail, mostly vertical detail
-SHAPE = 1  # the only filter shape so far; the byte leaves room for others
+#: A pixel is bright when its R + 2G + B is at least this (shape 2's two luma bands).
+BRIGHT = 4 * 128
 COEFFICIENT_SHIFT = 8  # coefficients are stored in 1/256ths
-#: |c| <= 4.0, far beyond any useful filter: with differences of at most 2 * 255 over
-#: ``COEFFICIENTS`` taps, every sum stays below 2**24, exact in float32.
+OFFSET_UNIT = 16  # the offset's input: c_o in 1/256ths of 16 is in 1/16ths of a level
+#: |c| <= 4.0, far beyond any useful filter. With differences of at most 2 * 255, offsets of
+#: 16 and colour inputs of at most 128 over a shape's coefficients, every sum stays below
+#: 2**24, exact in float32 (``Shape.__post_init__`` checks it).
 MAX_COEFFICIENT = 1 << 10
 MAX_BINS = 16  # activity bins
 MAX_FILTERS = 16
 MAX_ACTIVITY = 25 * 4 * 4 * 255  # a 5x5 window of |Laplacian| of R+2G+B, at the most
+NO_CLIP = 255  # differences of 8-bit pixels never exceed it
+#: The clips the encoder tries: none, then tighter ones that stop edges leaking.
+CLIPS = (NO_CLIP, 32, 16)
 #: What one dB of PSNR is worth, as a fraction of the file's bits: along the quality ladder
 #: the rate grows about 20-25 % per dB (Kodak), so a filter whose side information costs more
 #: than that share of its gain does not pay.
 RATE_PER_DB = 0.2
-#: Pixels the fit needs per filter: 42 coefficients fitted on fewer would fit the noise.
+#: Pixels the fit needs per filter: coefficients fitted on fewer would fit the noise.
 PIXELS_PER_FILTER = 1024
+#: Images up to this many pixels are also fitted with shape 1 (see ``Fit``).
+SMALL_IMAGE_PIXELS = 1 << 18
+#: The encoder picks the clip on every this-many-th pixel, then fits on all of them.
+CLIP_SAMPLE = 4
 _STRIP_PIXELS = 1 << 18  # pixels per strip: bounds the work arrays to a few MB each
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a filter sees: its taps, the classes its pixels fall in, whether it clips.
+
+    The shape byte of ``KRST`` names one; each shape belongs to one format version, so a
+    decoder that predates a shape refuses its files by their version.
+    """
+
+    code: int  # the KRST shape byte
+    version: int  # the KHDR format version of files that carry it
+    taps: tuple[tuple[int, int], ...]  # one half of the point-symmetric diamond
+    cross_taps: tuple[int, ...]  # the taps (indices) each channel takes from the other two
+    colour: bool  # an offset and a 3x3 colour matrix per filter
+    bands: int  # luma bands per activity bin and direction: 1, or 2 (dark, bright)
+    clipped: bool  # the file sets the clip C; without, C = 255 (no clipping)
+
+    def __post_init__(self) -> None:
+        radius = max(max(abs(dy), abs(dx)) for dy, dx in self.taps)
+        bound = (len(self.taps) + 2 * len(self.cross_taps)) * 2 * 255 + (
+            OFFSET_UNIT + 3 * 128 if self.colour else 0
+        )
+        if radius > HALO or bound * MAX_COEFFICIENT + (1 << COEFFICIENT_SHIFT) >= 1 << 24:
+            raise ValueError(f"restoration shape {self.code} is not exact in float32")
+
+    @property
+    def coefficients(self) -> int:
+        """Coefficients per filter and channel: own taps, cross taps, then offset and colour."""
+        return len(self.taps) + 2 * len(self.cross_taps) + (4 if self.colour else 0)
+
+    @property
+    def classes(self) -> int:
+        """Classes per activity bin: direction, and within it the luma band."""
+        return DIRECTIONS * self.bands
+
+
+#: Format version 5: the 5x5 diamond, differences unclipped.
+SHAPE_1 = Shape(1, 5, TAPS_5X5, (0, 4), colour=False, bands=1, clipped=False)
+#: Format version 6: a 7x7 diamond's axis taps added, offset and colour matrix, dark and
+#: bright classes, clipped differences (about 3 % fewer bits than shape 1 on Kodak).
+SHAPE_2 = Shape(2, 6, (*TAPS_5X5, (0, 3), (3, 0)), (0, 4), colour=True, bands=2, clipped=True)
+SHAPES = {shape.code: shape for shape in (SHAPE_1, SHAPE_2)}
+LATEST = SHAPE_2  # what the encoder writes
+
+
+@dataclass(frozen=True)
 class RestorationFilter:
-    """Activity thresholds, the filter of each (activity bin, direction) class, the filters."""
+    """Activity thresholds, the filter of each class, the filters, their shape and clip."""
 
     thresholds: tuple[int, ...]
-    mapping: np.ndarray  # (bins, DIRECTIONS) uint8: the filter of each class
-    coefficients: np.ndarray  # (3 channels, filters, COEFFICIENTS) int32, in 1/256ths
+    mapping: np.ndarray  # (bins, shape.classes) uint8: the filter of each class
+    coefficients: np.ndarray  # (3 channels, filters, shape.coefficients) int32, in 1/256ths
+    shape: Shape = LATEST
+    clip: int = NO_CLIP  # C, 1..255
 
     def __post_init__(self) -> None:
         bins = len(self.thresholds) + 1
@@ -85,21 +143,25 @@ class RestorationFilter:
         steps = np.diff((-1, *self.thresholds))
         if (steps <= 0).any() or any(t > MAX_ACTIVITY for t in self.thresholds):
             raise ValueError("restoration activity thresholds must increase within range")
-        if self.mapping.shape != (bins, DIRECTIONS) or self.mapping.max() >= filters:
+        if self.mapping.shape != (bins, self.shape.classes) or self.mapping.max() >= filters:
             raise ValueError("restoration class map does not fit the filters")
-        if self.coefficients.shape != (3, filters, COEFFICIENTS):
+        if self.coefficients.shape != (3, filters, self.shape.coefficients):
             raise ValueError(f"restoration coefficients of shape {self.coefficients.shape}")
         if np.abs(self.coefficients).max() > MAX_COEFFICIENT:
             raise ValueError(f"restoration coefficient beyond +-{MAX_COEFFICIENT}")
+        if not 1 <= self.clip <= NO_CLIP or (self.clip != NO_CLIP and not self.shape.clipped):
+            raise ValueError(f"restoration clip {self.clip} out of range for its shape")
 
     def pack(self) -> bytes:
-        """``KRST`` chunk data (docs/format.md §7): shape, counts, the thresholds as varints
-        of their increments, the class map, the coefficients as zigzag varints."""
+        """``KRST`` chunk data (docs/format.md §7): shape, counts, the clip (shapes that
+        clip), the thresholds as varints of their increments, the class map, the
+        coefficients as zigzag varints."""
         bins, filters = len(self.thresholds) + 1, self.coefficients.shape[1]
         increments = np.diff((0, *self.thresholds))
         return b"".join(
             (
-                struct.pack(">BBB", SHAPE, bins, filters),
+                struct.pack(">BBB", self.shape.code, bins, filters),
+                bytes([self.clip]) if self.shape.clipped else b"",
                 _varints(increments, signed=False),
                 self.mapping.astype(np.uint8).tobytes(),
                 _varints(self.coefficients.ravel(), signed=True),
@@ -111,22 +173,28 @@ class RestorationFilter:
         """Parse ``KRST`` chunk data; anything malformed raises ``ValueError``."""
         if len(data) < 3:
             raise ValueError("KRST chunk truncated")
-        shape, bins, filters = struct.unpack(">BBB", data[:3])
-        if shape != SHAPE:
-            raise ValueError(f"unknown restoration filter shape {shape}")
+        code, bins, filters = struct.unpack(">BBB", data[:3])
+        if code not in SHAPES:
+            raise ValueError(f"unknown restoration filter shape {code}")
+        shape = SHAPES[code]
         if not 1 <= bins <= MAX_BINS or not 1 <= filters <= MAX_FILTERS:
             raise ValueError(f"{bins} activity bins and {filters} filters: out of range")
-        increments, offset = _read_varints(data, 3, bins - 1, signed=False)
-        end = offset + bins * DIRECTIONS
+        offset, clip = 3, NO_CLIP
+        if shape.clipped:
+            if len(data) < 4:
+                raise ValueError("KRST chunk truncated before the clip")
+            offset, clip = 4, data[3]
+        increments, offset = _read_varints(data, offset, bins - 1, signed=False)
+        end = offset + bins * shape.classes
         if len(data) < end:
             raise ValueError("KRST chunk truncated in the class map")
-        mapping = np.frombuffer(data[offset:end], np.uint8).reshape(bins, DIRECTIONS)
-        values, offset = _read_varints(data, end, 3 * filters * COEFFICIENTS, signed=True)
+        mapping = np.frombuffer(data[offset:end], np.uint8).reshape(bins, shape.classes)
+        values, offset = _read_varints(data, end, 3 * filters * shape.coefficients, signed=True)
         if offset != len(data):
             raise ValueError(f"KRST chunk has {len(data) - offset} bytes after the coefficients")
         thresholds = tuple(int(t) for t in np.cumsum(increments, dtype=np.int64))
-        coefficients = np.asarray(values, np.int64).reshape(3, filters, COEFFICIENTS)
-        return cls(thresholds, mapping.copy(), coefficients.astype(np.int32))
+        coefficients = np.asarray(values, np.int64).reshape(3, filters, shape.coefficients)
+        return cls(thresholds, mapping.copy(), coefficients.astype(np.int32), shape, clip)
 
 
 def _varints(values: np.ndarray, signed: bool) -> bytes:
@@ -181,7 +249,10 @@ def activity(block: np.ndarray) -> np.ndarray:
     ``block`` is (h + 2 HALO, w + 2 HALO, 3) uint8 (the pixels plus their halo); the result is
     (h, w) int64, exact.
     """
-    luma = _luma(block)
+    return _activity(_luma(block))
+
+
+def _activity(luma: np.ndarray) -> np.ndarray:
     centre = luma[1:-1, 1:-1]
     laplacian = np.abs(
         4 * centre - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
@@ -189,43 +260,67 @@ def activity(block: np.ndarray) -> np.ndarray:
     return _box_sum(laplacian, 2 * (HALO - 1) + 1)
 
 
-def classes(block: np.ndarray, thresholds: tuple[int, ...] | np.ndarray) -> np.ndarray:
-    """Each pixel's class, activity bin * DIRECTIONS + direction, (h * w,) int64.
+def _kinds(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's activity and its class within an activity bin, both (h * w,) int64.
 
     Direction compares the 5x5 sums of |horizontal| and |vertical| second differences of
     R+2G+B: 1 where the horizontal ones are more than twice the vertical, 2 the other way
-    round, else 0.
+    round, else 0. With two bands, a pixel is bright when its own R+2G+B is at least
+    ``BRIGHT``.
     """
     luma = _luma(block)
     centre = luma[1:-1, 1:-1]
     across = _box_sum(np.abs(2 * centre - luma[1:-1, :-2] - luma[1:-1, 2:]), 2 * HALO - 1)
     down = _box_sum(np.abs(2 * centre - luma[:-2, 1:-1] - luma[2:, 1:-1]), 2 * HALO - 1)
-    direction = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
-    bins = np.searchsorted(np.asarray(thresholds, np.int64), activity(block), side="right")
-    return (bins * DIRECTIONS + direction).ravel()
+    kind = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
+    if shape.bands == 2:
+        kind = 2 * kind + (luma[HALO:-HALO, HALO:-HALO] >= BRIGHT)
+    return _activity(luma).ravel(), kind.ravel().astype(np.int64)
 
 
-def _differences(block: np.ndarray) -> np.ndarray:
-    """(3, len(TAPS), h * w) float32: x[p + k] + x[p - k] - 2 x[p] of the block's inner
-    pixels, per channel (small integers, exact in float32)."""
+def _classes(levels: np.ndarray, kinds: np.ndarray, thresholds, shape: Shape) -> np.ndarray:
+    bins = np.searchsorted(np.asarray(thresholds, np.int64), levels, side="right")
+    return bins * shape.classes + kinds
+
+
+def classes(
+    block: np.ndarray, thresholds: tuple[int, ...] | np.ndarray, shape: Shape
+) -> np.ndarray:
+    """Each pixel's class, activity bin * ``shape.classes`` + its class within the bin,
+    (h * w,) int64."""
+    return _classes(*_kinds(block, shape), thresholds, shape)
+
+
+def _differences(block: np.ndarray, shape: Shape, clip: int) -> np.ndarray:
+    """(3, len(shape.taps), h * w) float32: clip(x[p + k] - x[p]) + clip(x[p - k] - x[p]) of
+    the block's inner pixels, per channel (small integers, exact in float32)."""
     h, w = block.shape[0] - 2 * HALO, block.shape[1] - 2 * HALO
     x = np.ascontiguousarray(np.moveaxis(block, -1, 0), dtype=np.float32)
     centre = x[:, HALO : HALO + h, HALO : HALO + w]
-    out = np.empty((3, len(TAPS), h, w), np.float32)
-    for i, (dy, dx) in enumerate(TAPS):
-        np.add(
-            x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w],
-            x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w],
-            out=out[:, i],
-        )
-        out[:, i] -= 2 * centre
-    return out.reshape(3, len(TAPS), h * w)
+    out = np.empty((3, len(shape.taps), h, w), np.float32)
+    for i, (dy, dx) in enumerate(shape.taps):
+        ahead = x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w] - centre
+        behind = x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w] - centre
+        if clip < NO_CLIP:
+            np.clip(ahead, -clip, clip, out=ahead)
+            np.clip(behind, -clip, clip, out=behind)
+        np.add(ahead, behind, out=out[:, i])
+    return out.reshape(3, len(shape.taps), h * w)
 
 
-def _features(differences: np.ndarray, channel: int) -> np.ndarray:
-    """(COEFFICIENTS, h * w): the channel's own taps, then the cross taps of the next two."""
-    others = [differences[(channel + i) % 3, list(CROSS_TAPS)] for i in (1, 2)]
-    return np.concatenate([differences[channel], *others])
+def _colour_inputs(block: np.ndarray) -> np.ndarray:
+    """(4, h * w) float32: the offset's input, then R, G and B - 128 of the inner pixels."""
+    inner = block[HALO:-HALO, HALO:-HALO].reshape(-1, 3).T.astype(np.float32) - 128
+    return np.concatenate([np.full((1, inner.shape[1]), OFFSET_UNIT, np.float32), inner])
+
+
+def _features(
+    differences: np.ndarray, colour: np.ndarray | None, channel: int, shape: Shape
+) -> np.ndarray:
+    """(shape.coefficients, h * w): the channel's own taps, the cross taps of the next two
+    channels, then the colour inputs (shapes with colour)."""
+    others = [differences[(channel + i) % 3, list(shape.cross_taps)] for i in (1, 2)]
+    return np.concatenate([differences[channel], *others, *([] if colour is None else [colour])])
 
 
 def _strips(height: int, width: int) -> Iterator[tuple[int, int]]:
@@ -242,6 +337,7 @@ def _edge_rows(pixels: np.ndarray, start: int, stop: int) -> np.ndarray:
 def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
     """Filter (h, w, 3) uint8 ``pixels`` in place, strip by strip."""
     height, width = pixels.shape[:2]
+    shape = restoration.shape
     above = _edge_rows(pixels, -HALO, 0)
     table = restoration.coefficients.astype(np.float32)
     mapping = restoration.mapping.ravel().astype(np.int64)
@@ -252,17 +348,14 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
         block = np.pad(rows, ((0, 0), (HALO, HALO), (0, 0)), mode="edge")
         # The HALO unfiltered rows above the next strip (some may lie in earlier strips).
         above = rows[bottom - top : bottom - top + HALO].copy()
-        which = mapping[classes(block, restoration.thresholds)][None]
-        differences = _differences(block)
+        which = mapping[classes(block, restoration.thresholds, shape)][None]
+        differences = _differences(block, shape, restoration.clip)
+        colour = _colour_inputs(block) if shape.colour else None
         for c in range(3):
             # Every filter's response, then each pixel's own. The products are integers and
             # every partial sum stays below 2**24, so float32 (and BLAS, in any order)
             # computes them exactly.
-            own, cross = table[c, :, : len(TAPS)], table[c, :, len(TAPS) :]
-            responses = own @ differences[c]
-            for i, other in enumerate(((c + 1) % 3, (c + 2) % 3)):
-                taps = slice(i * len(CROSS_TAPS), (i + 1) * len(CROSS_TAPS))
-                responses += cross[:, taps] @ differences[other, list(CROSS_TAPS)]
+            responses = table[c] @ _features(differences, colour, c, shape)
             correction = np.take_along_axis(responses, which, 0).reshape(bottom - top, width)
             rounded = (correction.astype(np.int32) + (1 << (COEFFICIENT_SHIFT - 1))) >> (
                 COEFFICIENT_SHIFT
@@ -275,11 +368,15 @@ class Fit:
     """Least-squares statistics of decoded pixels against the original, then the filter.
 
     ``add`` takes a decoded block with its halo and the original inner pixels (any number of
-    blocks: the encoder may sample windows of a large image); ``solve`` picks the activity
-    bins, the classes' filters and their number, whose gain best pays for its bytes.
+    blocks: the encoder may sample windows of a large image); ``solve`` picks the shape, the
+    clip, the activity bins, the classes' filters and their number, whose gain best pays for
+    its bytes. ``shapes`` are those it may pick from; by default the latest, and on images of
+    at most ``SMALL_IMAGE_PIXELS`` also shape 1, whose fewer coefficients may pay better
+    where the file is small.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shapes: tuple[Shape, ...] | None = None) -> None:
+        self.shapes = shapes
         self._blocks: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, block: np.ndarray, original: np.ndarray) -> None:
@@ -289,23 +386,48 @@ class Fit:
     def solve(self, file_bits: float) -> RestorationFilter | None:
         """The filter with the best gain net of its side bits, valued at ``RATE_PER_DB`` of
         ``file_bits`` per dB; None if no filter pays."""
-        if not self._blocks:
-            return None
-        levels = np.concatenate([activity(block).ravel() for block, _ in self._blocks])
+        pixels = sum(original.shape[0] * original.shape[1] for _, original in self._blocks)
+        shapes = self.shapes or ((LATEST, SHAPE_1) if pixels <= SMALL_IMAGE_PIXELS else (LATEST,))
+        best, best_value = None, 0.0
+        for shape in shapes if pixels else ():
+            found, value = self._solve(shape, file_bits)
+            if value > best_value:
+                best, best_value = found, value
+        return best
+
+    def _solve(self, shape: Shape, file_bits: float) -> tuple[RestorationFilter | None, float]:
+        kinds = [_kinds(block, shape) for block, _ in self._blocks]
+        levels = np.concatenate([level for level, _ in kinds])
         cuts = np.quantile(levels, np.arange(1, MAX_BINS) / MAX_BINS, method="higher")
         thresholds = np.unique(np.minimum(cuts.astype(np.int64), MAX_ACTIVITY))
         thresholds = thresholds[thresholds > 0]
-        fine = (len(thresholds) + 1) * DIRECTIONS
-        normal = np.zeros((fine, 3, COEFFICIENTS, COEFFICIENTS))
-        right = np.zeros((fine, 3, COEFFICIENTS))
+        which = [_classes(level, kind, thresholds, shape) for level, kind in kinds]
+        fine = (len(thresholds) + 1) * shape.classes
+        clip = NO_CLIP
+        if shape.clipped:  # the clip that removes most error, judged on a sample
+            removed = [
+                _solve(*self._statistics(shape, which, fine, c, CLIP_SAMPLE)[:2])[1].sum()
+                for c in CLIPS
+            ]
+            clip = CLIPS[int(np.argmax(removed))]
+        normal, right, error = self._statistics(shape, which, fine, clip, 1)
+        return _merge(thresholds, normal, right, error, file_bits, len(levels), shape, clip)
+
+    def _statistics(
+        self, shape: Shape, which: list[np.ndarray], fine: int, clip: int, every: int
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Each class's normal equations and right-hand sides per channel, and the error
+        before filtering, over every ``every``-th pixel."""
+        normal = np.zeros((fine, 3, shape.coefficients, shape.coefficients))
+        right = np.zeros((fine, 3, shape.coefficients))
         error = 0.0
-        for block, original in self._blocks:
-            which = classes(block, thresholds)
-            order = np.argsort(which, kind="stable")  # each class's pixels contiguous
-            bounds = np.searchsorted(which[order], np.arange(fine + 1))
-            differences = _differences(block)
+        for (block, original), classes_ in zip(self._blocks, which, strict=True):
+            order = np.argsort(classes_[::every], kind="stable") * every  # classes contiguous
+            bounds = np.searchsorted(classes_[order], np.arange(fine + 1))
+            differences = _differences(block, shape, clip)
+            colour = _colour_inputs(block) if shape.colour else None
             for c in range(3):
-                x = _features(differences, c).T[order].astype(np.float64)
+                x = _features(differences, colour, c, shape).T[order].astype(np.float64)
                 inner = block[HALO:-HALO, HALO:-HALO, c].ravel()[order]
                 target = original[..., c].ravel()[order].astype(np.float64) - inner
                 error += float(target @ target)
@@ -313,13 +435,13 @@ class Fit:
                     rows = slice(bounds[k], bounds[k + 1])
                     normal[k, c] += x[rows].T @ x[rows]
                     right[k, c] += x[rows].T @ target[rows]
-        return _merge(thresholds, normal, right, error, file_bits, len(levels))
+        return normal, right, error
 
 
 def _solve(normal: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Batched least squares: (..., 3, C, C), (..., 3, C) -> coefficients rounded to 1/256ths
     (..., 3, C) and the squared error they remove (...,), before pixel rounding."""
-    ridge = 1e-3 * np.eye(COEFFICIENTS)
+    ridge = 1e-3 * np.eye(normal.shape[-1])
     solution = np.linalg.solve(normal + ridge, right[..., None])[..., 0]
     scale = float(1 << COEFFICIENT_SHIFT)
     q = np.clip(np.rint(solution * scale), -MAX_COEFFICIENT, MAX_COEFFICIENT)
@@ -337,9 +459,12 @@ def _merge(
     error: float,
     file_bits: float,
     pixels: int,
-) -> RestorationFilter | None:
+    shape: Shape,
+    clip: int,
+) -> tuple[RestorationFilter | None, float]:
     """Merge classes greedily, the pair whose merge loses the least first (as ALF encoders
-    do), and keep the number of filters whose gain best pays for its bytes."""
+    do), and keep the number of filters whose gain best pays for its bytes: that filter
+    (None if none pays) and what it is worth, in bits."""
     groups = [[k] for k in range(len(normal))]
     a, b = normal.copy(), right.copy()  # each group's summed statistics
     _, removed = _solve(a, b)
@@ -350,13 +475,13 @@ def _merge(
     while True:
         enough = len(groups) * PIXELS_PER_FILTER <= pixels  # no overfitting tiny images
         if len(groups) <= MAX_FILTERS and enough and 0 < removed.sum() < error:
-            candidate = _as_filter(thresholds, groups, a, b)
+            candidate = _as_filter(thresholds, groups, a, b, shape, clip)
             gain_db = 10 * np.log10(error / (error - removed.sum()))
             value = RATE_PER_DB * file_bits * gain_db - 8 * (len(candidate.pack()) + 12)
             if value > best_value:
                 best, best_value = candidate, value
         if len(groups) == 1:
-            return best
+            return best, best_value
         loss = removed[:, None] + removed[None, :] - together  # +inf off the upper triangle
         first, second = np.unravel_index(int(np.argmin(loss)), loss.shape)
         groups[first] += groups.pop(second)
@@ -374,18 +499,25 @@ def _merge(
 
 
 def _as_filter(
-    thresholds: np.ndarray, groups: list[list[int]], normal: np.ndarray, right: np.ndarray
+    thresholds: np.ndarray,
+    groups: list[list[int]],
+    normal: np.ndarray,
+    right: np.ndarray,
+    shape: Shape,
+    clip: int,
 ) -> RestorationFilter:
     """The filter of a grouping (``normal``, ``right``: each group's summed statistics),
     without the thresholds between activity bins that map alike."""
     mapping = np.zeros(sum(map(len, groups)), int)  # the groups cover every class once
     for index, members in enumerate(groups):
         mapping[members] = index
-    mapping = mapping.reshape(-1, DIRECTIONS)
+    mapping = mapping.reshape(-1, shape.classes)
     keep = [i for i in range(1, len(mapping)) if (mapping[i] != mapping[i - 1]).any()]
     coefficients, _ = _solve(normal, right)
     return RestorationFilter(
         tuple(int(thresholds[i - 1]) for i in keep),
         mapping[[0, *keep]].astype(np.uint8),
         np.ascontiguousarray(np.moveaxis(coefficients, 0, 1)),
+        shape,
+        clip,
     )

@@ -230,12 +230,12 @@ def worker(tmp_path_factory) -> Path:
 def cross_process(worker, tmp_path_factory) -> dict[str, object]:
     """Encode a 128x128 image under env A and under env B, decode both files under both.
 
-    A photo crop: the encoder fits a restoration filter to it (version 5), so the decoders'
-    pixels go through the filter too.
+    A photo crop: the encoder fits a shape 2 restoration filter to it (version 6), so the
+    decoders' pixels go through the filter too.
     """
     tmp = tmp_path_factory.mktemp("determinism")
     with Image.open(SAMPLES / "chelsea.png") as im:
-        pixels = np.array(im.convert("RGB").crop((100, 100, 228, 228)))
+        pixels = np.array(im.convert("RGB").crop((300, 50, 428, 178)))
     np.save(tmp / "source.npy", pixels)
     encoders = [
         _start(
@@ -274,7 +274,7 @@ def test_symbols_identical_across_processes(cross_process, encoded_under):
     from pillow_kae import container
 
     data = cross_process["files"][encoded_under]
-    assert data[8 + 8] == container.RESTORATION_VERSION
+    assert data[8 + 8] == container.COLOUR_RESTORATION_VERSION
     assert container.read(io.BytesIO(data)).restoration is not None
     enc = cross_process[f"enc{encoded_under}"]
     dec_a = cross_process[f"decA_{encoded_under}"]

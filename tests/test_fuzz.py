@@ -48,7 +48,7 @@ def test_corpus_covers_modes_and_models(corpus):
     headers = [kae.header for kae in corpus.parsed]
     assert {h.mode for h in headers} == {"RGB", "RGBA", "L", "LA"}
     assert {h.model_name for h in headers} >= set(zoo.installed())  # every shipped model
-    assert corpus.filters  # a file with a restoration filter (format version 5)
+    assert corpus.filters  # a file with a restoration filter (format version 6)
 
 
 def test_cases_are_deterministic(corpus):

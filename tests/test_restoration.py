@@ -1,5 +1,5 @@
-"""The restoration filter (format version 5): exact integer filtering, its bytes, its fit,
-and files that carry it."""
+"""The restoration filter (format versions 5 and 6): exact integer filtering, its bytes, its
+fit, and files that carry it."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ import pytest
 from PIL import Image
 
 from pillow_kae import codec, container, restoration
-from pillow_kae.restoration import HALO, TAPS, Fit, RestorationFilter
+from pillow_kae.restoration import HALO, SHAPE_1, SHAPE_2, SHAPES, Fit, RestorationFilter, Shape
 from tests.conftest import SAMPLES, decode, encode, psnr, smooth_array
+
+BOTH = pytest.mark.parametrize("shape", SHAPES.values(), ids=lambda s: f"shape{s.code}")
 
 
 def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
     """The filter as docs/format.md states it, on the whole image in int64, pixel by tap."""
     x = np.pad(pixels.astype(np.int64), ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
     h, w = pixels.shape[:2]
+    shape, clip = filt.shape, filt.clip
 
     def at(dy: int, dx: int, c: int) -> np.ndarray:
         return x[HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w, c]
@@ -31,49 +34,66 @@ def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
     def second(dy: int, dx: int, ky: int, kx: int, lum=luma) -> np.ndarray:
         return lum(dy + ky, dx + kx) + lum(dy - ky, dx - kx) - 2 * lum(dy, dx)
 
+    def difference(c: int, ky: int, kx: int) -> np.ndarray:
+        centre = at(0, 0, c)
+        ahead = np.clip(at(ky, kx, c) - centre, -clip, clip)
+        return ahead + np.clip(at(-ky, -kx, c) - centre, -clip, clip)
+
     activity = window_sum(lambda dy, dx: np.abs(second(dy, dx, 0, 1) + second(dy, dx, 1, 0)))
     across = window_sum(lambda dy, dx: np.abs(second(dy, dx, 0, 1)))
     down = window_sum(lambda dy, dx: np.abs(second(dy, dx, 1, 0)))
     direction = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
+    if shape.bands == 2:
+        direction = 2 * direction + (luma(0, 0) >= 512)
     bins = sum((activity >= t).astype(np.int64) for t in filt.thresholds)
     which = filt.mapping[bins, direction]
     out = np.empty_like(pixels)
     for c in range(3):
-        taps = [(c, k) for k in TAPS]
-        taps += [((c + i) % 3, TAPS[k]) for i in (1, 2) for k in restoration.CROSS_TAPS]
+        inputs = [difference(c, *k) for k in shape.taps]
+        inputs += [
+            difference((c + i) % 3, *shape.taps[k]) for i in (1, 2) for k in shape.cross_taps
+        ]
+        if shape.colour:
+            inputs += [np.full((h, w), 16), *(at(0, 0, j) - 128 for j in range(3))]
         total = np.zeros((h, w), np.int64)
-        for n, (channel, (dy, dx)) in enumerate(taps):
-            difference = at(dy, dx, channel) + at(-dy, -dx, channel) - 2 * at(0, 0, channel)
-            total += filt.coefficients[c][which, n].astype(np.int64) * difference
+        for n, value in enumerate(inputs):
+            total += filt.coefficients[c][which, n].astype(np.int64) * value
         out[..., c] = np.clip(at(0, 0, c) + ((total + 128) >> 8), 0, 255)
     return out
 
 
-def random_filter(pixels: np.ndarray, bins: int, filters: int, seed: int) -> RestorationFilter:
+def random_filter(
+    pixels: np.ndarray, bins: int, filters: int, seed: int, shape: Shape
+) -> RestorationFilter:
     rng = np.random.default_rng(seed)
     padded = np.pad(pixels, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
     levels = restoration.activity(padded).ravel()
     thresholds = np.unique(np.quantile(levels, np.arange(1, bins) / bins).astype(int))
-    mapping = rng.integers(0, filters, (len(thresholds) + 1, restoration.DIRECTIONS))
-    mapping[0] = np.arange(3) % filters  # every filter used, whatever the draw
-    coefficients = rng.integers(-300, 301, (3, filters, restoration.COEFFICIENTS))
+    mapping = rng.integers(0, filters, (len(thresholds) + 1, shape.classes))
+    mapping[0] = np.arange(shape.classes) % filters  # every filter used, whatever the draw
+    coefficients = rng.integers(-300, 301, (3, filters, shape.coefficients))
     return RestorationFilter(
-        tuple(int(t) for t in thresholds), mapping.astype(np.uint8), coefficients.astype(np.int32)
+        tuple(int(t) for t in thresholds),
+        mapping.astype(np.uint8),
+        coefficients.astype(np.int32),
+        shape,
+        9 if shape.clipped else restoration.NO_CLIP,
     )
 
 
+@BOTH
 @pytest.mark.parametrize("strip_pixels", [40, 200, 1 << 18])
-def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixels):
+def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixels, shape):
     """In place, strip by strip (1-row strips, strips shorter than the halo, one strip):
     exactly the whole-image integer reference, edges replicated."""
     pixels = smooth_array(53, 37, seed=3, noise=12.0)
     pixels[10:20, 5:30] = 255 - pixels[10:20, 5:30]  # edges, so several classes are used
     pixels[25:, 40:] = (np.arange(13) % 2 * 200)[None, :, None]  # stripes both ways,
     pixels[25:, :13] = (np.arange(12) % 2 * 200)[:, None, None]  # so every direction is used
-    filt = random_filter(pixels, 4, 3, seed=1)
+    filt = random_filter(pixels, 4, 3, seed=1, shape=shape)
     padded = np.pad(pixels, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
-    used = np.unique(restoration.classes(padded, filt.thresholds))
-    assert len(filt.thresholds) == 3 and {0, 1, 2} <= set(used % restoration.DIRECTIONS)
+    used = np.unique(restoration.classes(padded, filt.thresholds, shape))
+    assert len(filt.thresholds) == 3 and set(range(shape.classes)) <= set(used % shape.classes)
     monkeypatch.setattr(restoration, "_STRIP_PIXELS", strip_pixels)
     out = pixels.copy()
     restoration.apply(out, filt)
@@ -82,43 +102,55 @@ def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixe
     assert not np.array_equal(out, pixels)
 
 
-def test_apply_extreme_values_stay_exact():
-    """The largest coefficients on the largest differences: still exact (float32 sums stay
-    below 2**24) and clipped to 0..255."""
+@BOTH
+def test_apply_extreme_values_stay_exact(shape):
+    """The largest coefficients on the largest differences and colours: still exact (float32
+    sums stay below 2**24) and clipped to 0..255."""
     pixels = (np.indices((9, 11)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
     pixels[..., 1] = 255 - pixels[..., 1]
-    mapping = np.zeros((1, restoration.DIRECTIONS), np.uint8)
+    mapping = np.zeros((1, shape.classes), np.uint8)
     for sign in (1, -1):
-        coefficients = np.full((3, 1, restoration.COEFFICIENTS), sign * MAX, np.int32)
-        filt = RestorationFilter((), mapping, coefficients)
+        coefficients = np.full((3, 1, shape.coefficients), sign * MAX, np.int32)
+        filt = RestorationFilter((), mapping, coefficients, shape)
         out = pixels.copy()
         restoration.apply(out, filt)
         assert np.array_equal(out, reference_filter(pixels, filt))
 
 
+def test_shapes_must_be_exact_in_float32():
+    with pytest.raises(ValueError, match="not exact"):
+        Shape(9, 9, SHAPE_2.taps * 4, (0, 4), colour=True, bands=2, clipped=True)
+
+
 MAX = restoration.MAX_COEFFICIENT
 
 
-def test_pack_round_trip():
-    filt = random_filter(smooth_array(40, 30, seed=2, noise=20.0), 8, 5, seed=4)
+@BOTH
+def test_pack_round_trip(shape):
+    filt = random_filter(smooth_array(40, 30, seed=2, noise=20.0), 8, 5, seed=4, shape=shape)
     again = RestorationFilter.unpack(filt.pack())
-    assert again.thresholds == filt.thresholds
+    assert again.thresholds == filt.thresholds and again.shape is shape
+    assert again.clip == filt.clip
     assert np.array_equal(again.mapping, filt.mapping)
     assert np.array_equal(again.coefficients, filt.coefficients)
     # Zigzag varints: coefficients below 64 in magnitude take one byte.
-    mapping = np.zeros((1, restoration.DIRECTIONS), np.uint8)
-    small = RestorationFilter((), mapping, np.full((3, 1, restoration.COEFFICIENTS), -64, np.int32))
-    assert len(small.pack()) == 3 + restoration.DIRECTIONS + 3 * restoration.COEFFICIENTS
+    mapping = np.zeros((1, shape.classes), np.uint8)
+    small = RestorationFilter(
+        (), mapping, np.full((3, 1, shape.coefficients), -64, np.int32), shape
+    )
+    assert len(small.pack()) == 3 + shape.clipped + shape.classes + 3 * shape.coefficients
 
 
-ONE = 3 * restoration.COEFFICIENTS  # coefficients of one filter
+ONE = 3 * SHAPE_1.coefficients  # coefficients of one filter
+TWO = 3 * SHAPE_2.coefficients
 
 
 @pytest.mark.parametrize(
     "data, message",
     [
         (b"", "truncated"),
-        (b"\x02\x01\x01" + bytes(3 + ONE), "shape"),
+        (b"\x03\x01\x01" + bytes(3 + ONE), "shape 3"),
+        (b"\x00\x01\x01" + bytes(3 + ONE), "shape 0"),
         (b"\x01\x00\x01", "out of range"),
         (b"\x01\x11\x01", "out of range"),
         (b"\x01\x01\x00", "out of range"),
@@ -133,6 +165,10 @@ ONE = 3 * restoration.COEFFICIENTS  # coefficients of one filter
         (b"\x01\x01\x01" + b"\x00\x01\x00" + bytes(ONE), "class map"),
         (b"\x01\x03\x01" + b"\x05\x00" + bytes(9 + ONE), "increase"),
         (b"\x01\x02\x01" + b"\xff\xff\x7f" + bytes(6 + ONE), "within range"),
+        (b"\x02\x01\x01", "before the clip"),
+        (b"\x02\x01\x01\x00" + bytes(6 + TWO), "clip 0"),
+        (b"\x02\x01\x01\x10" + bytes(3 + ONE), "truncated after"),  # shape 1's sizes
+        (b"\x02\x01\x01\x10" + bytes(6 + TWO + 1), "after the coefficients"),
     ],
 )
 def test_unpack_refuses_malformed(data, message):
@@ -150,12 +186,13 @@ def degraded(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return original.astype(np.uint8), out
 
 
-def test_fit_undoes_a_known_degradation():
+@BOTH
+def test_fit_undoes_a_known_degradation(shape):
     original, decoded = degraded(seed=0)
-    fit = Fit()
+    fit = Fit((shape,))
     fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
     filt = fit.solve(file_bits=1e6)
-    assert filt is not None and filt.coefficients.shape[1] > 1
+    assert filt is not None and filt.coefficients.shape[1] > 1 and filt.shape is shape
     out = decoded.copy()
     restoration.apply(out, filt)
     assert psnr(out, original) > psnr(decoded, original) + 1.0
@@ -163,17 +200,44 @@ def test_fit_undoes_a_known_degradation():
     assert fit.solve(file_bits=100) is None
 
 
+@pytest.mark.parametrize("file_bits", [3e3, 1e4, 1e5])
+def test_small_images_keep_the_shape_that_pays_more(monkeypatch, file_bits):
+    """Up to SMALL_IMAGE_PIXELS the encoder weighs both shapes and keeps the one worth more
+    (shape 1's fewer coefficients win on small files); above, only the latest."""
+    original, decoded = degraded(seed=1)
+    fit = Fit()
+    fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
+    values = {shape: fit._solve(shape, file_bits)[1] for shape in (SHAPE_1, SHAPE_2)}
+    chosen = fit.solve(file_bits)
+    if max(values.values()) <= 0:
+        assert chosen is None
+    else:
+        assert chosen.shape is max(values, key=values.get)
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 100)
+    big = fit.solve(file_bits)
+    assert big is None if values[SHAPE_2] <= 0 else big.shape is SHAPE_2
+
+
+def test_the_choice_of_shape_is_not_constant():
+    """Across those rates both shapes get chosen, so the test above tests a choice."""
+    original, decoded = degraded(seed=1)
+    fit = Fit()
+    fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
+    assert {fit.solve(bits).shape for bits in (3e3, 1e5)} == {SHAPE_1, SHAPE_2}
+
+
 def photo(width: int = 160, height: int = 128) -> Image.Image:
     with Image.open(SAMPLES / "chelsea.png") as im:
         return im.convert("RGB").crop((100, 60, 100 + width, 60 + height))
 
 
-def test_files_carry_the_filter_and_decode_closer():
+def test_files_carry_the_filter_and_decode_closer(monkeypatch):
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # as on a big photo: shape 2
     image = photo()
     with_filter, without = encode(image, quality=62), encode(image, quality=62, restore=False)
     kae = container.read(io.BytesIO(with_filter))
-    assert kae.header.version == container.RESTORATION_VERSION
-    assert kae.restoration is not None
+    assert kae.header.version == container.COLOUR_RESTORATION_VERSION
+    assert kae.restoration is not None and kae.restoration[0] == SHAPE_2.code
     plain = container.read(io.BytesIO(without))
     assert plain.restoration is None and plain.header.version < container.RESTORATION_VERSION
     assert kae.tiles == plain.tiles  # the filter changes nothing before the pixels
@@ -203,7 +267,8 @@ def test_fit_on_a_sample_of_windows(monkeypatch):
     assert psnr(np.asarray(decode(data)), source) > psnr(np.asarray(decode(without)), source)
 
 
-def test_restoration_chunk_rules():
+def test_restoration_chunk_rules(monkeypatch):
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # a version 6 file
     data = encode(photo(), quality=62)
     kae = container.read(io.BytesIO(data))
     old = container.Header(**{**kae.header.__dict__, "version": container.FINE_GAIN_VERSION})
@@ -225,6 +290,40 @@ def test_restoration_chunk_rules():
     bad = container._chunk(container.KRST, b"\x01\x01\x01" + bytes(5))
     with pytest.raises(OSError, match=r"broken KAE file.*truncated after"):
         decode(container.SIGNATURE + head + bad + tiles + end)
+    # Each shape belongs to its version: a version 6 file with a shape 1 filter is broken.
+    shape_1 = RestorationFilter(
+        (), np.zeros((1, 3), np.uint8), np.zeros((3, 1, SHAPE_1.coefficients), np.int32), SHAPE_1
+    )
+    wrong = container._chunk(container.KRST, shape_1.pack())
+    with pytest.raises(OSError, match="shape 1 restoration filter in a version 6 file"):
+        decode(container.SIGNATURE + head + wrong + tiles + end)
+
+
+def test_version_5_files_still_decode(monkeypatch):
+    """A file of the previous release (version 5, a shape 1 filter) decodes as it did: its
+    pixels, then its filter; a shape 2 filter in a version 5 file is refused."""
+    image = photo()
+    plain = container.read(io.BytesIO(encode(image, quality=62, restore=False)))
+    unfiltered = np.asarray(decode(container.dumps(plain)))
+    fit = Fit((SHAPE_1,))
+    fit.add(
+        np.pad(unfiltered, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), np.asarray(image)
+    )
+    filt = fit.solve(file_bits=1e6)
+    assert filt is not None and filt.shape is SHAPE_1
+    header = container.Header(**{**plain.header.__dict__, "version": container.RESTORATION_VERSION})
+    old = container.dumps(container.KaeFile(header, plain.tiles, restoration=filt.pack()))
+    assert old[16] == 5 and container.read(io.BytesIO(old)).restoration[0] == SHAPE_1.code
+    expected = unfiltered.copy()
+    restoration.apply(expected, filt)
+    assert np.array_equal(np.asarray(decode(old)), expected)
+    assert not np.array_equal(expected, unfiltered)
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)
+    newer = container.read(io.BytesIO(encode(image, quality=62))).restoration
+    assert newer[0] == SHAPE_2.code
+    forged = container.dumps(container.KaeFile(header, plain.tiles, restoration=newer))
+    with pytest.raises(OSError, match="shape 2 restoration filter in a version 5 file"):
+        decode(forged)
 
 
 def test_tiny_images_get_no_filter():
