@@ -74,6 +74,10 @@ CLIPS = (NO_CLIP, 32, 16)
 RATE_PER_DB = 0.2
 #: Pixels the fit needs per filter: coefficients fitted on fewer would fit the noise.
 PIXELS_PER_FILTER = 1024
+#: Pixels per class the fit asks for on average: a small image gets fewer activity bins, so
+#: its classes are not a handful of pixels each (statistics of noise, and a merge of up to
+#: 96 classes that costs more time than the image's own coding).
+PIXELS_PER_CLASS = 256
 #: Images up to this many pixels are also fitted with shape 1 (see ``Fit``).
 SMALL_IMAGE_PIXELS = 1 << 18
 #: The encoder picks the clip on every this-many-th pixel, then fits on all of them.
@@ -302,36 +306,43 @@ def classes(
     return _classes(*_kinds(block, shape), thresholds, shape)
 
 
-def _differences(block: np.ndarray, shape: Shape, clip: int) -> np.ndarray:
-    """(3, len(shape.taps), h * w) float32: clip(x[p + k] - x[p]) + clip(x[p - k] - x[p]) of
-    the block's inner pixels, per channel (small integers, exact in float32)."""
+def _tap_differences(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, ...]:
+    """The block's inner pixels and their unclipped differences to each tap ahead and
+    behind: (h * w, 3) and two (len(shape.taps), h * w, 3), int16 (exact)."""
     h, w = block.shape[0] - 2 * HALO, block.shape[1] - 2 * HALO
-    x = np.ascontiguousarray(np.moveaxis(block, -1, 0), dtype=np.float32)
-    centre = x[:, HALO : HALO + h, HALO : HALO + w]
-    out = np.empty((3, len(shape.taps), h, w), np.float32)
-    for i, (dy, dx) in enumerate(shape.taps):
-        ahead = x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w] - centre
-        behind = x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w] - centre
-        if clip < NO_CLIP:
-            np.clip(ahead, -clip, clip, out=ahead)
-            np.clip(behind, -clip, clip, out=behind)
-        np.add(ahead, behind, out=out[:, i])
-    return out.reshape(3, len(shape.taps), h * w)
+    x = block.astype(np.int16)
+    centre = x[HALO : HALO + h, HALO : HALO + w]
+
+    def shifted(sign: int) -> np.ndarray:
+        return np.stack(
+            [
+                x[HALO + sign * dy : HALO + sign * dy + h, HALO + sign * dx : HALO + sign * dx + w]
+                - centre
+                for dy, dx in shape.taps
+            ]
+        ).reshape(len(shape.taps), h * w, 3)
+
+    return centre.reshape(h * w, 3), shifted(1), shifted(-1)
 
 
-def _colour_inputs(block: np.ndarray) -> np.ndarray:
-    """(4, h * w) float32: the offset's input, then R, G and B - 128 of the inner pixels."""
-    inner = block[HALO:-HALO, HALO:-HALO].reshape(-1, 3).T.astype(np.float32) - 128
-    return np.concatenate([np.full((1, inner.shape[1]), OFFSET_UNIT, np.float32), inner])
-
-
-def _features(
-    differences: np.ndarray, colour: np.ndarray | None, channel: int, shape: Shape
-) -> np.ndarray:
-    """(shape.coefficients, h * w): the channel's own taps, the cross taps of the next two
-    channels, then the colour inputs (shapes with colour)."""
-    others = [differences[(channel + i) % 3, list(shape.cross_taps)] for i in (1, 2)]
-    return np.concatenate([differences[channel], *others, *([] if colour is None else [colour])])
+def _design(
+    centre: np.ndarray, ahead: np.ndarray, behind: np.ndarray, shape: Shape, clip: int
+) -> list[np.ndarray]:
+    """Each channel's filter inputs, (n, shape.coefficients) float32: clip(ahead) +
+    clip(behind) for the channel's own taps, the cross taps of the next two channels, then
+    (shapes with colour) the offset's input and R, G and B - 128. Small integers: exact."""
+    if clip < NO_CLIP:
+        ahead, behind = np.clip(ahead, -clip, clip), np.clip(behind, -clip, clip)
+    taps = np.moveaxis(ahead + behind, 0, -1).astype(np.float32)  # (n, 3, taps)
+    cross = taps[..., list(shape.cross_taps)]
+    colour = []
+    if shape.colour:
+        offset = np.full((len(centre), 1), OFFSET_UNIT, np.float32)
+        colour = [offset, centre.astype(np.float32) - 128]
+    return [
+        np.concatenate([taps[:, c], cross[:, (c + 1) % 3], cross[:, (c + 2) % 3], *colour], 1)
+        for c in range(3)
+    ]
 
 
 def _strips(height: int, width: int) -> Iterator[tuple[int, int]]:
@@ -359,20 +370,20 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
         block = np.pad(rows, ((0, 0), (HALO, HALO), (0, 0)), mode="edge")
         # The HALO unfiltered rows above the next strip (some may lie in earlier strips).
         above = rows[bottom - top : bottom - top + HALO].copy()
-        which = mapping[classes(block, restoration.thresholds, shape)][None]
-        differences = _differences(block, shape, restoration.clip)
-        colour = _colour_inputs(block) if shape.colour else None
-        for c in range(3):
+        which = mapping[classes(block, restoration.thresholds, shape)][:, None]
+        centre, ahead, behind = _tap_differences(block, shape)
+        for c, inputs in enumerate(_design(centre, ahead, behind, shape, restoration.clip)):
             # Every filter's response, then each pixel's own. The products are integers and
             # every partial sum stays below 2**24, so float32 (and BLAS, in any order)
             # computes them exactly.
-            responses = table[c] @ _features(differences, colour, c, shape)
-            correction = np.take_along_axis(responses, which, 0).reshape(bottom - top, width)
+            responses = inputs @ table[c].T
+            correction = np.take_along_axis(responses, which, 1).reshape(bottom - top, width)
             rounded = (correction.astype(np.int32) + (1 << (COEFFICIENT_SHIFT - 1))) >> (
                 COEFFICIENT_SHIFT
             )
-            centre = block[HALO:-HALO, HALO:-HALO, c].astype(np.int32)
-            pixels[top:bottom, :, c] = np.clip(centre + rounded, 0, 255)
+            pixels[top:bottom, :, c] = np.clip(
+                centre[:, c].reshape(bottom - top, width) + rounded, 0, 255
+            )
 
 
 class Fit:
@@ -400,7 +411,7 @@ class Fit:
         pixels = sum(original.shape[0] * original.shape[1] for _, original in self._blocks)
         shapes = self.shapes or ((LATEST, SHAPE_1) if pixels <= SMALL_IMAGE_PIXELS else (LATEST,))
         best, best_value = None, 0.0
-        for shape in shapes if pixels else ():
+        for shape in shapes if pixels >= PIXELS_PER_FILTER else ():  # else no filter pays
             found, value = self._solve(shape, file_bits)
             if value > best_value:
                 best, best_value = found, value
@@ -409,44 +420,49 @@ class Fit:
     def _solve(self, shape: Shape, file_bits: float) -> tuple[RestorationFilter | None, float]:
         kinds = [_kinds(block, shape) for block, _ in self._blocks]
         levels = np.concatenate([level for level, _ in kinds])
-        cuts = np.quantile(levels, np.arange(1, MAX_BINS) / MAX_BINS, method="higher")
+        bins = min(MAX_BINS, max(1, len(levels) // (PIXELS_PER_CLASS * shape.classes)))
+        cuts = np.quantile(levels, np.arange(1, bins) / bins, method="higher")
         thresholds = np.unique(np.minimum(cuts.astype(np.int64), MAX_ACTIVITY))
         thresholds = thresholds[thresholds > 0]
         which = [_classes(level, kind, thresholds, shape) for level, kind in kinds]
         fine = (len(thresholds) + 1) * shape.classes
         clip = NO_CLIP
         if shape.clipped:  # the clip that removes most error, judged on a sample
-            removed = [
-                _solve(*self._statistics(shape, which, fine, c, CLIP_SAMPLE)[:2])[1].sum()
-                for c in CLIPS
-            ]
+            normals, rights, _ = self._statistics(shape, which, fine, CLIPS, CLIP_SAMPLE)
+            removed = [_solve(n, r)[1].sum() for n, r in zip(normals, rights, strict=True)]
             clip = CLIPS[int(np.argmax(removed))]
-        normal, right, error = self._statistics(shape, which, fine, clip, 1)
+        (normal,), (right,), error = self._statistics(shape, which, fine, (clip,), 1)
         return _merge(thresholds, normal, right, error, file_bits, len(levels), shape, clip)
 
     def _statistics(
-        self, shape: Shape, which: list[np.ndarray], fine: int, clip: int, every: int
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Each class's normal equations and right-hand sides per channel, and the error
-        before filtering, over every ``every``-th pixel."""
-        normal = np.zeros((fine, 3, shape.coefficients, shape.coefficients))
-        right = np.zeros((fine, 3, shape.coefficients))
+        self,
+        shape: Shape,
+        which: list[np.ndarray],
+        fine: int,
+        clips: tuple[int, ...],
+        every: int,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        """Over every ``every``-th pixel, for each of ``clips``: each class's normal equations
+        and right-hand sides per channel; and the error before filtering."""
+        size = shape.coefficients
+        normals = [np.zeros((fine, 3, size, size)) for _ in clips]
+        rights = [np.zeros((fine, 3, size)) for _ in clips]
         error = 0.0
         for (block, original), classes_ in zip(self._blocks, which, strict=True):
-            order = np.argsort(classes_[::every], kind="stable") * every  # classes contiguous
-            bounds = np.searchsorted(classes_[order], np.arange(fine + 1))
-            differences = _differences(block, shape, clip)
-            colour = _colour_inputs(block) if shape.colour else None
-            for c in range(3):
-                x = _features(differences, colour, c, shape).T[order].astype(np.float64)
-                inner = block[HALO:-HALO, HALO:-HALO, c].ravel()[order]
-                target = original[..., c].ravel()[order].astype(np.float64) - inner
-                error += float(target @ target)
-                for k in range(fine):
-                    rows = slice(bounds[k], bounds[k + 1])
-                    normal[k, c] += x[rows].T @ x[rows]
-                    right[k, c] += x[rows].T @ target[rows]
-        return normal, right, error
+            positions = np.argsort(classes_[::every], kind="stable") * every  # classes together
+            bounds = np.searchsorted(classes_[positions], np.arange(fine + 1))
+            centre, ahead, behind = _tap_differences(block, shape)
+            centre, ahead, behind = centre[positions], ahead[:, positions], behind[:, positions]
+            target = original.reshape(-1, 3)[positions].astype(np.float64) - centre
+            error += float(np.sum(target * target))
+            for clip, normal, right in zip(clips, normals, rights, strict=True):
+                for c, inputs in enumerate(_design(centre, ahead, behind, shape, clip)):
+                    x = inputs.astype(np.float64)
+                    for k in range(fine):
+                        rows = slice(bounds[k], bounds[k + 1])
+                        normal[k, c] += x[rows].T @ x[rows]
+                        right[k, c] += x[rows].T @ target[rows, c]
+        return normals, rights, error
 
 
 def _solve(normal: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,11 @@ from PIL import Image
 from pillow_kae import zoo
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import (
+    DELTA_SUFFIX,
     SCALE_SUFFIX,
     LazyArrays,
+    assign_weights,
+    delta_int8,
     load_arrays,
     quantize_int8,
     save_weights,
@@ -147,3 +150,104 @@ def test_retire_uninstalls_a_model_and_keeps_its_files_decoding(tmp_path, weight
     loader._cache.clear()
     with Image.open(tmp_path / "a.kae") as im:
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
+
+
+def test_a_delta_adds_back_to_the_fine_tuned_kernels_within_half_a_step(tmp_path):
+    rng = np.random.default_rng(1)
+    base_float = {
+        "g_s/deconv0/kernel": (rng.normal(size=(5, 5, 16, 24)) * 0.05).astype(np.float32),
+        "g_s/deconv0/bias": rng.normal(size=24).astype(np.float32),
+        "tables/y/freqs": np.arange(12, dtype=np.int32),
+    }
+    base = quantize_int8(base_float)
+    tuned = {k: v.copy() for k, v in base_float.items()}
+    tuned["g_s/deconv0/kernel"] *= 0.98  # every filter's peak stays inside its scale's range
+    tuned["g_s/deconv0/kernel"] += (rng.normal(size=(5, 5, 16, 24)) * 1e-4).astype(np.float32)
+    tuned["g_s/deconv0/kernel"][0, 0, 0, 0] = 10.0  # far past its filter's peak: clipped
+    tuned["g_s/deconv0/bias"][3] += 0.5
+    stored, clipped = delta_int8(tuned, base)
+    assert clipped == 1
+    assert set(stored) == {"g_s/deconv0/kernel" + DELTA_SUFFIX, "g_s/deconv0/bias"}
+    assert stored["g_s/deconv0/kernel" + DELTA_SUFFIX].dtype == np.int8
+    base_path, delta_path = tmp_path / "base.npz", tmp_path / "delta.npz"
+    np.savez_compressed(base_path, **base)
+    np.savez_compressed(delta_path, **stored)
+    assert delta_path.stat().st_size < base_path.stat().st_size / 2
+    arrays = LazyArrays(delta_path.read_bytes(), LazyArrays(base_path.read_bytes()))
+    assert set(arrays) == set(tuned)
+    scale = base["g_s/deconv0/kernel" + SCALE_SUFFIX].astype(np.float32)
+    error = np.abs(arrays["g_s/deconv0/kernel"] - tuned["g_s/deconv0/kernel"])
+    error[0, 0, 0, 0] = 0
+    assert np.all(error <= scale * 0.5 * (1 + 1e-6))
+    np.testing.assert_array_equal(arrays["g_s/deconv0/bias"], tuned["g_s/deconv0/bias"])
+    np.testing.assert_array_equal(arrays["tables/y/freqs"], base["tables/y/freqs"])
+
+
+def _fine_tune(run: Path, folder: Path, noise: float) -> Path:
+    """A run directory holding ``run``'s weights moved a little (a stand-in fine-tune)."""
+    import keras
+
+    model = models.build("mean-scale-hyperprior", ARCH)
+    assign_weights(model, load_arrays(run / "checkpoint.npz"))
+    rng = np.random.default_rng(7)
+    for variable in model.weights:
+        value = np.asarray(variable.numpy())
+        variable.assign(value + noise * rng.normal(size=value.shape).astype(value.dtype))
+    folder.mkdir()
+    save_weights(model, folder / "checkpoint.npz")
+    (folder / "state.json").write_text((run / "state.json").read_text())
+    keras.backend.clear_session()
+    return folder
+
+
+def test_a_model_stored_as_a_delta_codes_and_pins_its_base(tmp_path, weights_dir):
+    base_run = _run(tmp_path / "base", seed=1)
+    export_module.export(base_run, NAME)
+    tuned = "kae-tiny-cats"
+    export_module.export(_fine_tune(base_run, tmp_path / "tuned", 1e-3), tuned, base=NAME)
+    card = zoo.card(tuned)
+    assert card.base == {"name": NAME, "sha256": zoo.card(NAME).sha256}
+    assert card.path.stat().st_size < zoo.card(NAME).path.stat().st_size
+    with np.load(card.path) as stored, np.load(zoo.card(NAME).path) as base:
+        kernels = {k.removesuffix(SCALE_SUFFIX) for k in base.files if SCALE_SUFFIX in k}
+        assert kernels == {k.removesuffix(DELTA_SUFFIX) for k in stored.files if DELTA_SUFFIX in k}
+        assert not [k for k in stored.files if k.endswith(SCALE_SUFFIX) or "tables/y" in k]
+    pixels = smooth_array(40, 56, seed=3, noise=4.0)
+    Image.fromarray(pixels).save(tmp_path / "a.kae", model=tuned, quality=75)
+    Image.fromarray(pixels).save(tmp_path / "b.kae", model=NAME, quality=75)
+    assert (tmp_path / "a.kae").read_bytes() != (tmp_path / "b.kae").read_bytes()
+    with Image.open(tmp_path / "a.kae") as im:
+        before = np.asarray(im.convert("RGB"))
+    loader._cache.clear()
+    with Image.open(tmp_path / "a.kae") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
+
+    with pytest.raises(ValueError, match="kae-tiny-cats is stored as a delta of 'kae-tiny'"):
+        export_module.export(_run(tmp_path / "other", seed=2), NAME)
+    with pytest.raises(ValueError, match="stored as a delta"):
+        export_module.retire(NAME, uninstall=True)
+    with pytest.raises(ValueError, match="another installed int8 model"):
+        export_module.export(base_run, "kae-tiny-dogs", base=tuned)  # no chains
+
+    export_module.retire(tuned, uninstall=True)  # its decoder stays, still a delta
+    loader._cache.clear()
+    with Image.open(tmp_path / "a.kae") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
+    export_module.retire(NAME, uninstall=True)  # now allowed: the base's decoder stays too
+    loader._cache.clear()
+    with Image.open(tmp_path / "a.kae") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
+
+
+def test_a_delta_whose_base_is_gone_is_refused_clearly(tmp_path, weights_dir):
+    base_run = _run(tmp_path / "base", seed=1)
+    export_module.export(base_run, NAME)
+    export_module.export(_fine_tune(base_run, tmp_path / "tuned", 1e-3), "kae-tiny-cats", base=NAME)
+    Image.fromarray(smooth_array(32, 32, seed=3)).save(tmp_path / "a.kae", model="kae-tiny-cats")
+    zoo.card(NAME).path.unlink()
+    zoo.card(NAME).path.with_suffix(".json").unlink()
+    zoo.installed.cache_clear()
+    loader._cache.clear()
+    refusal = "stored as a delta of 'kae-tiny', which cannot be loaded"
+    with pytest.raises(OSError, match=refusal), Image.open(tmp_path / "a.kae") as im:
+        im.load()

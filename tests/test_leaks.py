@@ -24,7 +24,8 @@ def _rss_mb() -> float:
 
 @pytest.mark.skipif(not STATM.exists(), reason="reads the RSS from /proc (Linux)")
 def test_save_open_load_cycles_do_not_leak(make_image):
-    images = [make_image(20, 16, mode, seed) for seed, mode in enumerate(("RGB", "RGBA", "L"))]
+    # 40x32: enough pixels (PIXELS_PER_FILTER) that every save fits a restoration filter too
+    images = [make_image(40, 32, mode, seed) for seed, mode in enumerate(("RGB", "RGBA", "L"))]
 
     def cycle(number: int) -> None:
         buffer = io.BytesIO()

@@ -1,8 +1,9 @@
 """The inference runtime (ONNX graphs) against the Keras models it is built from.
 
-Tolerance: every transform of every shipped model agrees with Keras to 1e-4 absolute on
-its outputs (float32 summation order is all that differs), so decoded pixels differ by at
-most one level from what the Keras transforms would give.
+Tolerance: every transform of every shipped model agrees with Keras to 1e-4 of its output's
+range (at least 1): float32 summation order is all that differs, and its error grows with
+the values summed (kae-xhigh's g_a reaches 67). g_s works in [0, 1], so decoded pixels
+differ by at most one level from what the Keras transforms would give.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def test_shipped_transforms_match_keras(name: str) -> None:
         expected = _keras(coder.keras_model, transform, x)
         got = coder.transform(transform)(x)
         assert got.shape == expected.shape, transform
-        assert np.abs(got - expected).max() <= TOLERANCE, (name, transform)
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert np.abs(got - expected).max() <= TOLERANCE * scale, (name, transform)
 
 
 def test_decoded_pixels_match_keras_synthesis() -> None:

@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         default="int8",
         help="conv kernels as stored (int8: per-filter scales, half the bytes)",
     )
+    export.add_argument(
+        "--base",
+        default=None,
+        help="store int8 kernels as the difference from this installed model's (a fine-tune)",
+    )
 
     retire = sub.add_parser(
         "retire", help="keep installed models' decoders for their files, then uninstall them"
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             kodak=args.kodak,
             data_note=args.data_note,
             storage=args.storage,
+            base=args.base,
             max_images=args.max_images,
         )
     return 0

@@ -23,9 +23,16 @@ from pillow_kae.entropy_models.fixed_point import log_scale_thresholds_fixed
 from pillow_kae.entropy_models.gaussian_conditional import log_scale_thresholds, scale_table
 from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
 from pillow_kae.runtime import graph
-from pillow_kae.zoo import RETIRED, WEIGHTS_DIR, ModelCard, installed, retired
+from pillow_kae.zoo import RETIRED, WEIGHTS_DIR, ModelCard, installed, loader, retired
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
-from pillow_kae.zoo.weights import assign_weights, load_arrays, quantize_int8, weights_to_arrays
+from pillow_kae.zoo.weights import (
+    BASE_DIGEST,
+    assign_weights,
+    delta_int8,
+    load_arrays,
+    quantize_int8,
+    weights_to_arrays,
+)
 from training.lineage import CHECKPOINT, STATE, run_stages
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ def retire(name: str, uninstall: bool = False) -> Path | None:
     old = installed().get(name)
     if old is None:
         return None
+    _check_replaceable(name)
     with np.load(old.path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files if not k.startswith(ENCODER_PREFIXES)}
     data = _npz_bytes(arrays)
@@ -76,6 +84,29 @@ def retire(name: str, uninstall: bool = False) -> Path | None:
         old.path.with_suffix(".json").unlink()
         installed.cache_clear()
     return card_path
+
+
+def _dependents(name: str) -> list[str]:
+    """Installed models stored as deltas of ``name``."""
+    return [c.name for c in installed().values() if c.base.get("name") == name]
+
+
+def _check_replaceable(name: str) -> None:
+    """Refuse to retire a model others are stored against: they would lose their encoder."""
+    if dependents := _dependents(name):
+        raise ValueError(
+            f"{', '.join(dependents)} {'is' if len(dependents) == 1 else 'are'} stored as a "
+            f"delta of {name!r}; export {'it' if len(dependents) == 1 else 'them'} again "
+            f"against another base, or retire {'it' if len(dependents) == 1 else 'them'}, first"
+        )
+
+
+def _delta_base(base: str, name: str) -> ModelCard:
+    """The installed card a delta export of ``name`` is stored against."""
+    base_card = installed().get(base)
+    if base_card is None or base_card.storage != "int8" or base_card.base or base == name:
+        raise ValueError(f"a delta needs another installed int8 model as its base, not {base!r}")
+    return base_card
 
 
 def z_tables(model: object) -> dict[str, np.ndarray]:
@@ -112,7 +143,7 @@ def describe_installed(name: str) -> Path:
     """
     model_card = installed()[name]
     model = models.build(model_card.kind, model_card.arch)
-    assign_weights(model, load_arrays(model_card.path))
+    assign_weights(model, loader.load(name).arrays)
     description = graph.describe(model, model_card.kind)
     model_card = ModelCard(**{**model_card.__dict__, "graph": description})
     model_card.path.with_suffix(".json").write_text(model_card.to_json())
@@ -126,15 +157,20 @@ def export(
     kodak: str | Path | None = None,
     data_note: str | None = None,
     storage: str = "int8",
+    base: str | None = None,
     **eval_args: object,
 ) -> Path:
     """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path.
 
     ``storage="int8"`` stores the conv kernels as int8 (``zoo.weights.quantize_int8``);
-    the card's evaluation measures the file as stored.
+    ``base`` (an installed int8 model the run was fine-tuned from) stores them as the
+    difference from that model's (``zoo.weights.delta_int8``), a fraction of the bytes. The
+    card's evaluation measures the file as stored.
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
+    _check_replaceable(name)
+    base_card = _delta_base(base, name) if base is not None else None
     run = Path(run)
     state = json.loads((run / STATE).read_text())
     config = state["config"]
@@ -145,12 +181,17 @@ def export(
     if kind == "seed-dense":  # no conv kernels to store as int8
         storage = "float16"
     arrays = weights_to_arrays(model, compact=True)
-    if storage == "int8":
+    if storage == "int8" and base_card is None:
         arrays = quantize_int8(arrays)
     arrays.update(z_tables(model))
     if kind != "seed-dense":
         arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))
         arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
+    if base_card is not None:
+        with np.load(base_card.path, allow_pickle=False) as stored:
+            arrays, clipped = delta_int8(arrays, {k: stored[k] for k in stored.files})
+        arrays[BASE_DIGEST] = np.frombuffer(base_card.digest, np.uint8)
+        log.info("stored as a delta of %s (%d steps clipped)", base, clipped)
     data = _npz_bytes(arrays)
     digest = hashlib.sha256(data).hexdigest()
 
@@ -169,6 +210,7 @@ def export(
         training=training_record(state, data_note),
         graph=graph.describe(model, kind),
         storage=storage,
+        base={"name": base_card.name, "sha256": base_card.sha256} if base_card else {},
     )
     card_path = WEIGHTS_DIR / f"{name}.json"
     card_path.write_text(card.to_json())

@@ -36,6 +36,7 @@ class ModelCard:
     graph: dict = field(default_factory=dict)  # transform -> layer list (runtime.graph)
     storage: str = "float16"  # conv kernels as stored: "float16" or "int8" (zoo.weights)
     stored_sha256: str = ""  # a retired model's stripped file; sha256 stays what files name
+    base: dict = field(default_factory=dict)  # delta storage: the base's name and sha256
 
     @property
     def file_sha256(self) -> str:

@@ -24,7 +24,7 @@ from pillow_kae.entropy_models.tables import PmfTables
 from pillow_kae.runtime import cache, graph
 from pillow_kae.runtime.session import Transform
 from pillow_kae.zoo import ModelCard, card, installed, retired
-from pillow_kae.zoo.weights import LazyArrays
+from pillow_kae.zoo.weights import BASE_DIGEST, LazyArrays
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,20 @@ def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
     may be retired weights); check the weights file against its card.
 
     The cache is keyed by the card's weights hash, so a model re-exported in this process
-    (``training export`` clears ``installed()``) is loaded anew, never served stale.
+    (``training export`` clears ``installed()``) is loaded anew, never served stale. A model
+    stored as a delta loads its base first, by the digest its card names.
     """
     model_card = _card_for(name, expected_digest)
+    base = None
+    if model_card.base:
+        base_name = model_card.base["name"]
+        try:
+            base = load(base_name, bytes.fromhex(model_card.base["sha256"])).arrays
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"KAE model {name!r} is stored as a delta of {base_name!r}, which cannot be "
+                f"loaded: {err}"
+            ) from err
     key = (name, model_card.sha256)
     with _lock:
         if key not in _cache:
@@ -196,6 +207,12 @@ def load(name: str, expected_digest: bytes | None = None) -> CodecModel:
             if hashlib.sha256(data).hexdigest() != model_card.file_sha256:
                 raise OSError(f"weights file of KAE model {name!r} is damaged (hash mismatch)")
             # Parse the very bytes that were verified, not a second read of the file.
-            _cache[key] = CodecModel(model_card, LazyArrays(data))
+            arrays = LazyArrays(data, base)
+            if (
+                base is not None
+                and arrays.stored(BASE_DIGEST).tobytes().hex() != (model_card.base["sha256"])
+            ):
+                raise OSError(f"weights file of KAE model {name!r} names another base")
+            _cache[key] = CodecModel(model_card, arrays)
             log.debug("loaded KAE model %s", name)
         return _cache[key]

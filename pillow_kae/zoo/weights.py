@@ -6,6 +6,12 @@ Large arrays are stored as float16 (halves the shipped size; the loss in PSNR is
 may store the conv kernels as int8 with one float16 scale per 2-D filter, halving them
 again; readers dequantize on load (int8 times a float16 scale is exact in float32), so
 every other module sees float arrays and h_s's fixed-point tables stay bit-exact.
+
+A model fine-tuned from a shipped one (kae-kittens from kae-mid) may be stored as a *delta*
+against that base (``delta_int8``): its kernels quantized with the base's scales and stored as
+the difference of the int8 steps (mostly 0 and +-1, which the compressed ``.npz`` packs into
+a fraction of a byte each), every other array only where it differs. Readers add the base's
+steps back (``LazyArrays(data, base)``); the result is exact, as for any int8 kernel.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import numpy as np
 FLOAT16_MIN_SIZE = 4096
 INT8_PREFIXES = ("g_a/", "g_s/", "h_a/", "h_s/")  # the four transforms' conv kernels
 SCALE_SUFFIX = ":scale"  # the array of per-filter scales beside an int8 kernel
+DELTA_SUFFIX = ":delta"  # a kernel's int8 steps minus its base model's (delta storage)
+#: A delta file's record of its base's weights digest (uint8 bytes): the digest that files
+#: name then pins the whole model, base included.
+BASE_DIGEST = "base:sha256"
 _INT8_MAX = 127
 
 
@@ -68,6 +78,32 @@ def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def delta_int8(
+    arrays: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], int]:
+    """``arrays`` (float, as ``weights_to_arrays`` gives them) stored against ``base``, the
+    stored arrays of the model they were fine-tuned from: each kernel the base stores as int8
+    is quantized with the base's scales and stored as its steps minus the base's (int8, or
+    int16 where they differ by more than 127); every other array only where it differs from
+    the base's. Returns the arrays and how many steps were clipped to +-127 (weights that
+    grew past their filter's peak in the base).
+    """
+    out: dict[str, np.ndarray] = {}
+    clipped = 0
+    for key, value in arrays.items():
+        if key + SCALE_SUFFIX in base:
+            scale = base[key + SCALE_SUFFIX].astype(np.float32)
+            steps = np.rint(np.asarray(value, np.float32) / scale)
+            clipped += int(np.count_nonzero(np.abs(steps) > _INT8_MAX))
+            steps = np.clip(steps, -_INT8_MAX, _INT8_MAX).astype(np.int16)
+            delta = steps - base[key].astype(np.int16)
+            fits = np.abs(delta).max(initial=0) <= _INT8_MAX
+            out[key + DELTA_SUFFIX] = delta.astype(np.int8 if fits else np.int16)
+        elif key not in base or not np.array_equal(base[key], value):
+            out[key] = value
+    return out, clipped
+
+
 def _dequantize(key: str, value: np.ndarray, read: Callable[[str], np.ndarray]) -> np.ndarray:
     if value.dtype != np.int8:
         return value
@@ -88,22 +124,43 @@ class LazyArrays(Mapping[str, np.ndarray]):
     """The arrays of an in-memory ``.npz``, each decompressed on first use, then kept.
 
     Decoding needs g_s, h_s and the tables, not g_a and h_a; a process that only decodes
-    (and finds g_s in the graph cache) never pays for the rest.
+    (and finds g_s in the graph cache) never pays for the rest. With ``base``, the file is a
+    delta (``delta_int8``) against the base model's arrays: what it lacks is the base's.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, base: LazyArrays | None = None) -> None:
         self._file = np.load(io.BytesIO(data), allow_pickle=False)
-        self._keys = tuple(k for k in self._file.files if not k.endswith(SCALE_SUFFIX))
+        self._base = base
+        own = [k.removesuffix(DELTA_SUFFIX) for k in self._file.files if k != BASE_DIGEST]
+        keys = [k for k in own if not k.endswith(SCALE_SUFFIX)]
+        if base is not None:
+            keys += [k for k in base if k not in set(keys)]
+        self._keys = tuple(keys)
         self._arrays: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()  # the zip reader is not thread-safe
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def stored(self, key: str) -> np.ndarray:
+        """The array as this file stores it (int8 steps, scales, deltas), no base added."""
         with self._lock:
-            if key not in self._arrays:
-                if key not in self._keys:
-                    raise KeyError(key)
-                self._arrays[key] = _dequantize(key, self._file[key], self._file.__getitem__)
-            return self._arrays[key]
+            return self._file[key]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._arrays:
+            if key not in self._keys:
+                raise KeyError(key)
+            self._arrays[key] = self._load(key)
+        return self._arrays[key]
+
+    def _load(self, key: str) -> np.ndarray:
+        files = self._file.files
+        if key + DELTA_SUFFIX in files:
+            steps = self._base.stored(key).astype(np.int16) + self.stored(key + DELTA_SUFFIX)
+            return steps.astype(np.float32) * self._base.stored(key + SCALE_SUFFIX).astype(
+                np.float32
+            )
+        if key in files:
+            return _dequantize(key, self.stored(key), self.stored)
+        return self._base[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
