@@ -161,14 +161,12 @@ def test_a_delta_adds_back_to_the_fine_tuned_kernels_within_half_a_step(tmp_path
     }
     base = quantize_int8(base_float)
     tuned = {k: v.copy() for k, v in base_float.items()}
-    tuned["g_s/deconv0/kernel"] *= 0.98  # every filter's peak stays inside its scale's range
     tuned["g_s/deconv0/kernel"] += (rng.normal(size=(5, 5, 16, 24)) * 1e-4).astype(np.float32)
-    tuned["g_s/deconv0/kernel"][0, 0, 0, 0] = 10.0  # far past its filter's peak: clipped
+    tuned["g_s/deconv0/kernel"][0, 0, 0, 0] = 0.5  # far past its filter's peak: not clipped
     tuned["g_s/deconv0/bias"][3] += 0.5
-    stored, clipped = delta_int8(tuned, base)
-    assert clipped == 1
+    stored = delta_int8(tuned, base)
     assert set(stored) == {"g_s/deconv0/kernel" + DELTA_SUFFIX, "g_s/deconv0/bias"}
-    assert stored["g_s/deconv0/kernel" + DELTA_SUFFIX].dtype == np.int8
+    assert stored["g_s/deconv0/kernel" + DELTA_SUFFIX].dtype == np.int16  # the one far step
     base_path, delta_path = tmp_path / "base.npz", tmp_path / "delta.npz"
     np.savez_compressed(base_path, **base)
     np.savez_compressed(delta_path, **stored)
@@ -177,7 +175,6 @@ def test_a_delta_adds_back_to_the_fine_tuned_kernels_within_half_a_step(tmp_path
     assert set(arrays) == set(tuned)
     scale = base["g_s/deconv0/kernel" + SCALE_SUFFIX].astype(np.float32)
     error = np.abs(arrays["g_s/deconv0/kernel"] - tuned["g_s/deconv0/kernel"])
-    error[0, 0, 0, 0] = 0
     assert np.all(error <= scale * 0.5 * (1 + 1e-6))
     np.testing.assert_array_equal(arrays["g_s/deconv0/bias"], tuned["g_s/deconv0/bias"])
     np.testing.assert_array_equal(arrays["tables/y/freqs"], base["tables/y/freqs"])

@@ -80,28 +80,24 @@ def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def delta_int8(
     arrays: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], int]:
+) -> dict[str, np.ndarray]:
     """``arrays`` (float, as ``weights_to_arrays`` gives them) stored against ``base``, the
     stored arrays of the model they were fine-tuned from: each kernel the base stores as int8
     is quantized with the base's scales and stored as its steps minus the base's (int8, or
-    int16 where they differ by more than 127); every other array only where it differs from
-    the base's. Returns the arrays and how many steps were clipped to +-127 (weights that
-    grew past their filter's peak in the base).
+    int16 where they differ by more than 127; the sum may leave the int8 range, so nothing
+    is clipped); every other array only where it differs from the base's.
     """
     out: dict[str, np.ndarray] = {}
-    clipped = 0
     for key, value in arrays.items():
         if key + SCALE_SUFFIX in base:
             scale = base[key + SCALE_SUFFIX].astype(np.float32)
-            steps = np.rint(np.asarray(value, np.float32) / scale)
-            clipped += int(np.count_nonzero(np.abs(steps) > _INT8_MAX))
-            steps = np.clip(steps, -_INT8_MAX, _INT8_MAX).astype(np.int16)
-            delta = steps - base[key].astype(np.int16)
+            steps = np.rint(np.asarray(value, np.float32) / scale).astype(np.int32)
+            delta = steps - base[key]
             fits = np.abs(delta).max(initial=0) <= _INT8_MAX
             out[key + DELTA_SUFFIX] = delta.astype(np.int8 if fits else np.int16)
         elif key not in base or not np.array_equal(base[key], value):
             out[key] = value
-    return out, clipped
+    return out
 
 
 def _dequantize(key: str, value: np.ndarray, read: Callable[[str], np.ndarray]) -> np.ndarray:
@@ -154,7 +150,7 @@ class LazyArrays(Mapping[str, np.ndarray]):
     def _load(self, key: str) -> np.ndarray:
         files = self._file.files
         if key + DELTA_SUFFIX in files:
-            steps = self._base.stored(key).astype(np.int16) + self.stored(key + DELTA_SUFFIX)
+            steps = self._base.stored(key).astype(np.int32) + self.stored(key + DELTA_SUFFIX)
             return steps.astype(np.float32) * self._base.stored(key + SCALE_SUFFIX).astype(
                 np.float32
             )
