@@ -103,3 +103,21 @@ def test_files_of_earlier_weights_keep_decoding(path):
         reference = np.asarray(im.convert("RGB"))
     assert decoded.shape == reference.shape
     assert np.abs(decoded.astype(int) - reference).max() <= 2 and psnr(decoded, reference) > 50
+
+
+WEIGHTS_BUDGET = 60_000_000  # bytes: every weights file the package ships, retired included
+
+
+def test_shipped_weights_stay_within_the_budget():
+    files = [p for p in zoo.WEIGHTS_DIR.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    assert total <= WEIGHTS_BUDGET, f"{total / 1e6:.1f} MB of weights and cards"
+
+
+@pytest.mark.parametrize("name", sorted(zoo.installed()))
+def test_every_shipped_model_loads_with_its_base(name):
+    """Every array reads; a delta model's base is installed with the very weights it names."""
+    model = loader.load(name)
+    assert all(np.isfinite(model.arrays[key]).all() for key in model.arrays)
+    if model.card.base:
+        assert zoo.installed()[model.card.base["name"]].sha256 == model.card.base["sha256"]
