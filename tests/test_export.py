@@ -16,6 +16,7 @@ from PIL import Image
 from pillow_kae import zoo
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import (
+    DELTA_STEP_KEY,
     DELTA_SUFFIX,
     SCALE_SUFFIX,
     LazyArrays,
@@ -152,7 +153,7 @@ def test_retire_uninstalls_a_model_and_keeps_its_files_decoding(tmp_path, weight
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
 
 
-def test_a_delta_adds_back_to_the_fine_tuned_kernels_within_half_a_step(tmp_path):
+def test_a_delta_adds_back_to_the_fine_tuned_kernels_within_its_step(tmp_path):
     rng = np.random.default_rng(1)
     base_float = {
         "g_s/deconv0/kernel": (rng.normal(size=(5, 5, 16, 24)) * 0.05).astype(np.float32),
@@ -160,22 +161,28 @@ def test_a_delta_adds_back_to_the_fine_tuned_kernels_within_half_a_step(tmp_path
         "tables/y/freqs": np.arange(12, dtype=np.int32),
     }
     base = quantize_int8(base_float)
+    scale = base["g_s/deconv0/kernel" + SCALE_SUFFIX].astype(np.float32)
+    grid = base["g_s/deconv0/kernel"].astype(np.float32) * scale
     tuned = {k: v.copy() for k, v in base_float.items()}
-    tuned["g_s/deconv0/kernel"] += (rng.normal(size=(5, 5, 16, 24)) * 1e-4).astype(np.float32)
+    tuned["g_s/deconv0/kernel"] = grid + 0.3 * scale  # every weight moved by 0.3 of a step
     tuned["g_s/deconv0/kernel"][0, 0, 0, 0] = 0.5  # far past its filter's peak: not clipped
     tuned["g_s/deconv0/bias"][3] += 0.5
-    stored = delta_int8(tuned, base)
-    assert set(stored) == {"g_s/deconv0/kernel" + DELTA_SUFFIX, "g_s/deconv0/bias"}
+    stored = delta_int8(tuned, base, step=2)
+    assert set(stored) == {
+        "g_s/deconv0/kernel" + DELTA_SUFFIX,
+        "g_s/deconv0/bias",
+        DELTA_STEP_KEY,
+    }
     assert stored["g_s/deconv0/kernel" + DELTA_SUFFIX].dtype == np.int16  # the one far step
     base_path, delta_path = tmp_path / "base.npz", tmp_path / "delta.npz"
     np.savez_compressed(base_path, **base)
     np.savez_compressed(delta_path, **stored)
-    assert delta_path.stat().st_size < base_path.stat().st_size / 2
     arrays = LazyArrays(delta_path.read_bytes(), LazyArrays(base_path.read_bytes()))
     assert set(arrays) == set(tuned)
-    scale = base["g_s/deconv0/kernel" + SCALE_SUFFIX].astype(np.float32)
-    error = np.abs(arrays["g_s/deconv0/kernel"] - tuned["g_s/deconv0/kernel"])
-    assert np.all(error <= scale * 0.5 * (1 + 1e-6))
+    moved = (arrays["g_s/deconv0/kernel"] - grid) / scale
+    assert np.all(np.abs(arrays["g_s/deconv0/kernel"] - tuned["g_s/deconv0/kernel"]) < 2 * scale)
+    # Unbiased: the 0.3 of a step survives on average (rounding to the grid would give 0).
+    assert abs(float(np.mean(moved.ravel()[1:])) - 0.3) < 0.05
     np.testing.assert_array_equal(arrays["g_s/deconv0/bias"], tuned["g_s/deconv0/bias"])
     np.testing.assert_array_equal(arrays["tables/y/freqs"], base["tables/y/freqs"])
 

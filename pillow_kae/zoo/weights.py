@@ -8,10 +8,11 @@ again; readers dequantize on load (int8 times a float16 scale is exact in float3
 every other module sees float arrays and h_s's fixed-point tables stay bit-exact.
 
 A model fine-tuned from a shipped one (kae-kittens from kae-mid) may be stored as a *delta*
-against that base (``delta_int8``): its kernels quantized with the base's scales and stored as
-the difference of the int8 steps (mostly 0 and +-1, which the compressed ``.npz`` packs into
-a fraction of a byte each), every other array only where it differs. Readers add the base's
-steps back (``LazyArrays(data, base)``); the result is exact, as for any int8 kernel.
+against that base (``delta_int8``): its kernels on the base's int8 grid, stored as the
+difference from the base's steps in units of ``DELTA_STEP`` steps (small integers, which
+the compressed ``.npz`` packs into about two bits each), every other array only where it
+differs. Readers add the base's steps back (``LazyArrays(data, base)``); the result is
+exact, as for any int8 kernel.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ DELTA_SUFFIX = ":delta"  # a kernel's int8 steps minus its base model's (delta s
 #: A delta file's record of its base's weights digest (uint8 bytes): the digest that files
 #: name then pins the whole model, base included.
 BASE_DIGEST = "base:sha256"
+DELTA_STEP_KEY = "delta:step"  # a delta file's unit of its deltas, in base steps
+DELTA_STEP = 2
 _INT8_MAX = 127
 
 
@@ -79,20 +82,30 @@ def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def delta_int8(
-    arrays: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray],
+    step: int = DELTA_STEP,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """``arrays`` (float, as ``weights_to_arrays`` gives them) stored against ``base``, the
-    stored arrays of the model they were fine-tuned from: each kernel the base stores as int8
-    is quantized with the base's scales and stored as its steps minus the base's (int8, or
-    int16 where they differ by more than 127; the sum may leave the int8 range, so nothing
-    is clipped); every other array only where it differs from the base's.
+    stored arrays of the model they were fine-tuned from.
+
+    Each kernel the base stores as int8 becomes the base's steps plus ``step`` times a small
+    integer (int8, or int16 past 127; the sum may leave the int8 range, nothing is clipped),
+    every other array is kept only where it differs from the base's. The integer is rounded
+    stochastically (seeded: an export is reproducible): a fine-tune moves most weights by
+    less than a step, all in the direction training needed, and rounding to the nearest
+    point of the base's grid would undo exactly that movement (on kae-mid fine-tuned on cats,
+    -0.8 dB), where unbiased rounding costs what random noise of a step costs (-0.02 dB at
+    ``step`` 2, 25 % fewer bytes than 1).
     """
-    out: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {DELTA_STEP_KEY: np.array(step, np.uint8)}
     for key, value in arrays.items():
         if key + SCALE_SUFFIX in base:
             scale = base[key + SCALE_SUFFIX].astype(np.float32)
-            steps = np.rint(np.asarray(value, np.float32) / scale).astype(np.int32)
-            delta = steps - base[key]
+            moved = (np.asarray(value, np.float32) / scale - base[key]) / step
+            delta = np.floor(moved + rng.random(moved.shape, np.float32)).astype(np.int32)
             fits = np.abs(delta).max(initial=0) <= _INT8_MAX
             out[key + DELTA_SUFFIX] = delta.astype(np.int8 if fits else np.int16)
         elif key not in base or not np.array_equal(base[key], value):
@@ -127,7 +140,11 @@ class LazyArrays(Mapping[str, np.ndarray]):
     def __init__(self, data: bytes, base: LazyArrays | None = None) -> None:
         self._file = np.load(io.BytesIO(data), allow_pickle=False)
         self._base = base
-        own = [k.removesuffix(DELTA_SUFFIX) for k in self._file.files if k != BASE_DIGEST]
+        own = [
+            k.removesuffix(DELTA_SUFFIX)
+            for k in self._file.files
+            if k not in (BASE_DIGEST, DELTA_STEP_KEY)
+        ]
         keys = [k for k in own if not k.endswith(SCALE_SUFFIX)]
         if base is not None:
             keys += [k for k in base if k not in set(keys)]
@@ -150,7 +167,8 @@ class LazyArrays(Mapping[str, np.ndarray]):
     def _load(self, key: str) -> np.ndarray:
         files = self._file.files
         if key + DELTA_SUFFIX in files:
-            steps = self._base.stored(key).astype(np.int32) + self.stored(key + DELTA_SUFFIX)
+            step = int(self.stored(DELTA_STEP_KEY))
+            steps = self._base.stored(key) + step * self.stored(key + DELTA_SUFFIX).astype(np.int32)
             return steps.astype(np.float32) * self._base.stored(key + SCALE_SUFFIX).astype(
                 np.float32
             )
