@@ -16,6 +16,7 @@ against each; every run's report is in ``OUT/<set>/``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -43,7 +44,7 @@ def reduced(source: Path, target: Path, factor: int = REDUCE) -> Path:
 def measure(folder: Path, out: Path, names: list[str], limit: int | None) -> dict:
     """BD-rates (PSNR) of the first of ``names`` against the others, on ``folder``."""
     codecs = runner.available_codecs(names)
-    result = runner.run(folder, out, codecs, limit)
+    result = runner.run(folder, out, codecs, limit, progress=sys.stderr.isatty())
     row = result.bd["psnr"][names[0]]
     return {name: row.get(name) for name in names[1:]}
 
