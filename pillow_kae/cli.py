@@ -267,6 +267,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for card in cards.values():
         try:
             weights = f"{card.path.stat().st_size / 1e6:.1f} MB"
+            if card.base:
+                weights += f" + {card.base['name']}"  # stored as a delta of that model
         except OSError:
             weights = "missing"
         evaluation = card.evaluation
@@ -285,12 +287,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print()
-    print(f"quality ladder (-q, default {DEFAULT_QUALITY}):")
-    for first, last, name, low, high in _ladder_ranges():
-        span = f"{first}-{last}" if first != last else str(first)
-        steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
-        print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")
-    print("  (each quality its own step, in sixteenths: higher quality, larger file)")
+    if not quality_ladder.ladder_installed():
+        print("quality ladder: none of its models is installed (save with model=NAME)")
+    else:
+        print(f"quality ladder (-q, default {DEFAULT_QUALITY}):")
+        for first, last, name, low, high in _ladder_ranges():
+            span = f"{first}-{last}" if first != last else str(first)
+            steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
+            print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")
+        print("  (each quality its own step, in sixteenths: higher quality, larger file)")
     retired = sorted(model_zoo.retired())
     if retired:
         print()

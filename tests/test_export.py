@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pillow_kae import zoo
+from pillow_kae import cli, zoo
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import (
     DELTA_STEP_KEY,
@@ -204,13 +204,15 @@ def _fine_tune(run: Path, folder: Path, noise: float) -> Path:
     return folder
 
 
-def test_a_model_stored_as_a_delta_codes_and_pins_its_base(tmp_path, weights_dir):
+def test_a_model_stored_as_a_delta_codes_and_pins_its_base(tmp_path, weights_dir, capsys):
     base_run = _run(tmp_path / "base", seed=1)
     export_module.export(base_run, NAME)
     tuned = "kae-tiny-cats"
     export_module.export(_fine_tune(base_run, tmp_path / "tuned", 1e-3), tuned, base=NAME)
     card = zoo.card(tuned)
     assert card.base == {"name": NAME, "sha256": zoo.card(NAME).sha256}
+    assert cli.main(["models"]) == 0
+    assert f"{tuned}  " in (listing := capsys.readouterr().out) and f"+ {NAME}" in listing
     assert card.path.stat().st_size < zoo.card(NAME).path.stat().st_size
     with np.load(card.path) as stored, np.load(zoo.card(NAME).path) as base:
         kernels = {k.removesuffix(SCALE_SUFFIX) for k in base.files if SCALE_SUFFIX in k}
