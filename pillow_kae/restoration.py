@@ -306,43 +306,40 @@ def classes(
     return _classes(*_kinds(block, shape), thresholds, shape)
 
 
-def _tap_differences(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, ...]:
-    """The block's inner pixels and their unclipped differences to each tap ahead and
-    behind: (h * w, 3) and two (len(shape.taps), h * w, 3), int16 (exact)."""
+def _tap_sums(block: np.ndarray, shape: Shape, clip: int) -> tuple[np.ndarray, np.ndarray]:
+    """The block's inner pixels, (3, h * w), and for each tap k of the shape clip(x[p + k] -
+    x[p]) + clip(x[p - k] - x[p]), (3, len(shape.taps), h * w): channel first, float32
+    (small integers, exact)."""
     h, w = block.shape[0] - 2 * HALO, block.shape[1] - 2 * HALO
-    x = block.astype(np.int16)
-    centre = x[HALO : HALO + h, HALO : HALO + w]
-
-    def shifted(sign: int) -> np.ndarray:
-        return np.stack(
-            [
-                x[HALO + sign * dy : HALO + sign * dy + h, HALO + sign * dx : HALO + sign * dx + w]
-                - centre
-                for dy, dx in shape.taps
-            ]
-        ).reshape(len(shape.taps), h * w, 3)
-
-    return centre.reshape(h * w, 3), shifted(1), shifted(-1)
+    x = np.moveaxis(block, -1, 0).astype(np.float32)
+    centre = x[:, HALO : HALO + h, HALO : HALO + w]
+    sums = np.empty((3, len(shape.taps), h, w), np.float32)
+    for i, (dy, dx) in enumerate(shape.taps):
+        ahead = x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w] - centre
+        behind = x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w] - centre
+        if clip < NO_CLIP:
+            np.clip(ahead, -clip, clip, out=ahead)
+            np.clip(behind, -clip, clip, out=behind)
+        np.add(ahead, behind, out=sums[:, i])
+    return centre.reshape(3, h * w), sums.reshape(3, len(shape.taps), h * w)
 
 
 def _design(
-    centre: np.ndarray, ahead: np.ndarray, behind: np.ndarray, shape: Shape, clip: int
-) -> list[np.ndarray]:
-    """Each channel's filter inputs, (n, shape.coefficients) float32: clip(ahead) +
-    clip(behind) for the channel's own taps, the cross taps of the next two channels, then
-    (shapes with colour) the offset's input and R, G and B - 128. Small integers: exact."""
-    if clip < NO_CLIP:
-        ahead, behind = np.clip(ahead, -clip, clip), np.clip(behind, -clip, clip)
-    taps = np.moveaxis(ahead + behind, 0, -1).astype(np.float32)  # (n, 3, taps)
-    cross = taps[..., list(shape.cross_taps)]
-    colour = []
-    if shape.colour:
-        offset = np.full((len(centre), 1), OFFSET_UNIT, np.float32)
-        colour = [offset, centre.astype(np.float32) - 128]
-    return [
-        np.concatenate([taps[:, c], cross[:, (c + 1) % 3], cross[:, (c + 2) % 3], *colour], 1)
-        for c in range(3)
-    ]
+    centre: np.ndarray, sums: np.ndarray, shape: Shape, dtype: type = np.float32
+) -> Iterator[np.ndarray]:
+    """Each channel's filter inputs, (shape.coefficients, n), from ``_tap_sums``: the
+    channel's own taps, the cross taps of the next two channels, then (shapes with colour)
+    the offset's input and R, G and B - 128. Small integers: exact in float32."""
+    own, cross = len(shape.taps), list(shape.cross_taps)
+    for c in range(3):
+        inputs = np.empty((shape.coefficients, centre.shape[1]), dtype)
+        inputs[:own] = sums[c]
+        inputs[own : own + len(cross)] = sums[(c + 1) % 3, cross]
+        inputs[own + len(cross) : own + 2 * len(cross)] = sums[(c + 2) % 3, cross]
+        if shape.colour:
+            inputs[own + 2 * len(cross)] = OFFSET_UNIT
+            np.subtract(centre, 128, out=inputs[own + 2 * len(cross) + 1 :])
+        yield inputs
 
 
 def _strips(height: int, width: int) -> Iterator[tuple[int, int]]:
@@ -370,20 +367,19 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
         block = np.pad(rows, ((0, 0), (HALO, HALO), (0, 0)), mode="edge")
         # The HALO unfiltered rows above the next strip (some may lie in earlier strips).
         above = rows[bottom - top : bottom - top + HALO].copy()
-        which = mapping[classes(block, restoration.thresholds, shape)][:, None]
-        centre, ahead, behind = _tap_differences(block, shape)
-        for c, inputs in enumerate(_design(centre, ahead, behind, shape, restoration.clip)):
+        which = mapping[classes(block, restoration.thresholds, shape)][None]
+        centre, sums = _tap_sums(block, shape, restoration.clip)
+        for c, inputs in enumerate(_design(centre, sums, shape)):
             # Every filter's response, then each pixel's own. The products are integers and
             # every partial sum stays below 2**24, so float32 (and BLAS, in any order)
             # computes them exactly.
-            responses = inputs @ table[c].T
-            correction = np.take_along_axis(responses, which, 1).reshape(bottom - top, width)
+            responses = table[c] @ inputs
+            correction = np.take_along_axis(responses, which, 0).reshape(bottom - top, width)
             rounded = (correction.astype(np.int32) + (1 << (COEFFICIENT_SHIFT - 1))) >> (
                 COEFFICIENT_SHIFT
             )
-            pixels[top:bottom, :, c] = np.clip(
-                centre[:, c].reshape(bottom - top, width) + rounded, 0, 255
-            )
+            centre_c = block[HALO:-HALO, HALO:-HALO, c].astype(np.int32)
+            pixels[top:bottom, :, c] = np.clip(centre_c + rounded, 0, 255)
 
 
 class Fit:
@@ -451,17 +447,16 @@ class Fit:
         for (block, original), classes_ in zip(self._blocks, which, strict=True):
             positions = np.argsort(classes_[::every], kind="stable") * every  # classes together
             bounds = np.searchsorted(classes_[positions], np.arange(fine + 1))
-            centre, ahead, behind = _tap_differences(block, shape)
-            centre, ahead, behind = centre[positions], ahead[:, positions], behind[:, positions]
-            target = original.reshape(-1, 3)[positions].astype(np.float64) - centre
+            target = original.reshape(-1, 3)[positions].T.astype(np.float64)
+            target -= block[HALO:-HALO, HALO:-HALO].reshape(-1, 3)[positions].T
             error += float(np.sum(target * target))
             for clip, normal, right in zip(clips, normals, rights, strict=True):
-                for c, inputs in enumerate(_design(centre, ahead, behind, shape, clip)):
-                    x = inputs.astype(np.float64)
+                centre, sums = (v[..., positions] for v in _tap_sums(block, shape, clip))
+                for c, inputs in enumerate(_design(centre, sums, shape, np.float64)):
                     for k in range(fine):
-                        rows = slice(bounds[k], bounds[k + 1])
-                        normal[k, c] += x[rows].T @ x[rows]
-                        right[k, c] += x[rows].T @ target[rows, c]
+                        members = slice(bounds[k], bounds[k + 1])  # the pixels of class k
+                        normal[k, c] += inputs[:, members] @ inputs[:, members].T
+                        right[k, c] += inputs[:, members] @ target[c, members]
         return normals, rights, error
 
 
