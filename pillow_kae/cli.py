@@ -287,11 +287,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print()
-    if not quality_ladder.ladder_installed():
+    try:
+        ranges = _ladder_ranges()
+    except OSError:  # none of the ladder's models is installed
         print("quality ladder: none of its models is installed (save with model=NAME)")
     else:
         print(f"quality ladder (-q, default {DEFAULT_QUALITY}):")
-        for first, last, name, low, high in _ladder_ranges():
+        for first, last, name, low, high in ranges:
             span = f"{first}-{last}" if first != last else str(first)
             steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
             print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")

@@ -378,8 +378,8 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
             rounded = (correction.astype(np.int32) + (1 << (COEFFICIENT_SHIFT - 1))) >> (
                 COEFFICIENT_SHIFT
             )
-            centre_c = block[HALO:-HALO, HALO:-HALO, c].astype(np.int32)
-            pixels[top:bottom, :, c] = np.clip(centre_c + rounded, 0, 255)
+            own = centre[c].astype(np.int32).reshape(bottom - top, width)
+            pixels[top:bottom, :, c] = np.clip(own + rounded, 0, 255)
 
 
 class Fit:

@@ -44,9 +44,11 @@ ENCODER_PREFIXES = ("g_a/", "h_a/", "encoder/")  # arrays that decoding never re
 STORAGES = ("float16", "int8")
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    """An ``.npz`` (what ``np.savez_compressed`` writes, any zip ``compression``): ``np.load``
-    reads it either way. Deltas use LZMA, 12 % smaller than deflate on their small steps."""
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` as ``np.savez_compressed`` writes it, except that deltas (they carry
+    ``BASE_DIGEST``) use LZMA, 12 % smaller than deflate on their small steps; ``np.load``
+    reads either."""
+    compression = zipfile.ZIP_LZMA if BASE_DIGEST in arrays else zipfile.ZIP_DEFLATED
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
         for key, value in arrays.items():
@@ -69,7 +71,7 @@ def retire(name: str, uninstall: bool = False) -> Path | None:
     _check_replaceable(name)
     with np.load(old.path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files if not k.startswith(ENCODER_PREFIXES)}
-    data = _npz_bytes(arrays, zipfile.ZIP_LZMA if old.base else zipfile.ZIP_DEFLATED)
+    data = _npz_bytes(arrays)
     stem = f"{name}-{old.sha256[:12]}"
     folder = WEIGHTS_DIR / RETIRED
     folder.mkdir(exist_ok=True)
@@ -175,7 +177,6 @@ def export(
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
-    _check_replaceable(name)
     base_card = _delta_base(base, name) if base is not None else None
     run = Path(run)
     state = json.loads((run / STATE).read_text())
@@ -197,7 +198,7 @@ def export(
         with np.load(base_card.path, allow_pickle=False) as stored:
             arrays = delta_int8(arrays, {k: stored[k] for k in stored.files})
         arrays[BASE_DIGEST] = np.frombuffer(base_card.digest, np.uint8)
-    data = _npz_bytes(arrays, zipfile.ZIP_LZMA if base_card else zipfile.ZIP_DEFLATED)
+    data = _npz_bytes(arrays)
     digest = hashlib.sha256(data).hexdigest()
 
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)

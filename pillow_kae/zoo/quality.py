@@ -48,11 +48,6 @@ def _check_quality(quality: object) -> int:
     return quality
 
 
-def ladder_installed() -> bool:
-    """Whether any model of the default ladder is installed (else only ``model=`` saves)."""
-    return any(name in installed() for name, _ in LADDER)
-
-
 def ladder() -> list[tuple[str, int]]:
     """The anchors of the default ladder whose models are installed, by increasing rate."""
     models = installed()

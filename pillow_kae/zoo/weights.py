@@ -147,7 +147,8 @@ class LazyArrays(Mapping[str, np.ndarray]):
         ]
         keys = [k for k in own if not k.endswith(SCALE_SUFFIX)]
         if base is not None:
-            keys += [k for k in base if k not in set(keys)]
+            known = set(keys)
+            keys += [k for k in base if k not in known]
         self._keys = tuple(keys)
         self._arrays: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()  # the zip reader is not thread-safe
