@@ -39,6 +39,7 @@ from PIL import Image
 
 import pillow_kae  # noqa: F401  (registers the plugin)
 from pillow_kae.bench.codecs import registry
+from pillow_kae.runtime import summary
 from pillow_kae.runtime.cache import CACHE_ENV
 
 log = logging.getLogger("benchmarks.speed")
@@ -206,7 +207,10 @@ def large(width: int, height: int, tmp: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}; quality {QUALITY}; times are medians."]
+    lines = [
+        f"Machine: {result['machine']}; .kae transforms on {result['runtime']}; "
+        f"quality {QUALITY}; times are medians."
+    ]
     if result["warm"]:
         lines += [
             "",
@@ -264,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"images: {', '.join(p.name for p in images)} from {folder}")
     result: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "runtime": summary(),
         "images_from": str(folder),
         "warm": [] if args.skip_warm else warm(images, args.codecs.split(","), args.repeat),
     }

