@@ -54,8 +54,10 @@ def test_shipped_transforms_match_keras(name: str, runtime: str) -> None:
     rng = np.random.default_rng(0)
     for transform, x in _inputs(coder, rng).items():
         expected = _keras(coder.keras_model, transform, x)
-        built = graph.build(coder.card.graph[transform], coder.arrays, transform)
-        got = Transform(built, transform, runtime, precision="f32")(x)
+        layers = coder.card.graph[transform]
+        built = graph.build(layers, coder.arrays, transform)
+        shift = graph.centre(layers, transform)
+        got = Transform(built, transform, runtime, precision="f32", centre=shift)(x)
         assert got.shape == expected.shape, transform
         scale = max(1.0, float(np.abs(expected).max()))
         assert np.abs(got - expected).max() <= TOLERANCE * scale, (name, transform)
@@ -96,7 +98,8 @@ def test_graph_of_a_tiny_model_matches_keras(kind: str, runtime: str) -> None:
             "decoder": (2, 10),
         }[transform]
         x = rng.random(shape, dtype=np.float32)
-        run = Transform(graph.build(layers, arrays, transform), transform, runtime, "f32")
+        built = graph.build(layers, arrays, transform)
+        run = Transform(built, transform, runtime, "f32", graph.centre(layers, transform))
         expected = _keras(model, transform, x)
         assert np.abs(run(x) - expected).max() <= TOLERANCE, transform
 
@@ -117,6 +120,45 @@ def test_transposed_convolution_as_subpixel_convolution(runtime: str, taps: int,
     x = np.random.default_rng(5).normal(size=(2, 7, 6, 4)).astype(np.float32)
     got = Transform(graph.build(layers, arrays, "encoder"), "t", runtime, "f32")(x)
     np.testing.assert_allclose(got, _keras(model, "__call__", x), atol=1e-5)
+
+
+def test_pixel_graphs_leave_the_centre_to_the_runtime() -> None:
+    """g_s outputs x - 0.5 (bfloat16 keeps its rounding small there); the Transform adds
+    0.5 back. seed-dense's decoder ends in a sigmoid: nothing to move."""
+    hyperprior, seed = loader.load("kae-low").card.graph, loader.load("seed-dense").card.graph
+    assert graph.centre(hyperprior["g_s"], "g_s") == 0.5
+    assert graph.centre(hyperprior["g_a"], "g_a") == 0.0
+    assert graph.centre(seed["decoder"], "decoder") == 0.0
+    y = np.random.default_rng(6).normal(0, 2, (1, 3, 4, 192)).astype(np.float32)
+    built = graph.build(hyperprior["g_s"], loader.load("kae-low").arrays, "g_s")
+    bare = Transform(built, "g_s", "onnxruntime")(y)
+    np.testing.assert_allclose(bare + 0.5, Transform(built, "g_s", "onnxruntime", centre=0.5)(y))
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
+def test_openvino_in_its_own_precision_decodes_within_a_level_or_two(monkeypatch) -> None:
+    """bfloat16 where the CPU has AMX (else float32): a decode within 2 levels of float32
+    and far closer on average (55 dB apart; the codec's own error is 25-42 dB)."""
+    pixels = np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[:128, :192]
+    decoded = {}
+    for precision in ("f32", "auto"):
+        monkeypatch.setenv(session.RUNTIME_ENV, "openvino")
+        monkeypatch.setenv(session.PRECISION_ENV, precision)
+        coder = _fresh("kae-mid")
+        y_hat = np.rint(codec.analysis_grid(loader.load("kae-mid"), pixels))
+        decoded[precision] = codec.synthesis(coder, y_hat, 192, 128).astype(int)
+    difference = decoded["auto"] - decoded["f32"]
+    assert np.abs(difference).max() <= 2
+    assert 10 * np.log10(255**2 / max(np.mean(difference**2), 1e-12)) > 50
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("KAE_RUNTIME", "tensorflow"), ("KAE_PRECISION", "int4")]
+)
+def test_unknown_runtime_settings_are_clear_errors(monkeypatch, variable: str, value: str):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        Transform(b"", "g_s")
 
 
 def test_describe_refuses_what_the_runtime_cannot_build() -> None:

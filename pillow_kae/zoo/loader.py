@@ -74,18 +74,18 @@ class CodecModel:
                 f"the card of KAE model {self.name!r} has no inference graph for {name!r}; "
                 "write it with `python -m training describe`"
             )
-        label = f"{self.name}/{name}"
+        label, shift = f"{self.name}/{name}", graph.centre(layers, name)
         entry = cache.key(layers, self.card.sha256, name)
         model = cache.cached(entry, lambda: graph.build(layers, self.arrays, name))
         try:
-            return Transform(model, label)
+            return Transform(model, label, centre=shift)
         except Exception as err:
             if isinstance(model, bytes):  # just built: a real error
                 raise
-            # A damaged cache entry (ONNX Runtime raises its own types): build it again.
+            # A damaged cache entry (the runtimes raise their own types): build it again.
             log.warning("rebuilding damaged cached graph %s: %s", model, err)
             cache.evict(entry)
-            return Transform(graph.build(layers, self.arrays, name), label)
+            return Transform(graph.build(layers, self.arrays, name), label, centre=shift)
 
     @property
     def keras_model(self) -> object:
