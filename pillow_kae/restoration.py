@@ -28,6 +28,7 @@ memory is a strip, and the result does not depend on the strip height.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -324,6 +325,29 @@ def _tap_sums(block: np.ndarray, shape: Shape, clip: int) -> tuple[np.ndarray, n
     return centre.reshape(3, h * w), sums.reshape(3, len(shape.taps), h * w)
 
 
+def _differences_at(
+    block: np.ndarray, shape: Shape, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_tap_sums``' ingredients at some inner pixels (flat indices ``positions``) alone:
+    the pixels, (3, n), and x[p + k] - x[p] and x[p - k] - x[p] for each tap k, (3, taps, n)."""
+    width = block.shape[1] - 2 * HALO
+    stride = block.shape[1]
+    flat = np.moveaxis(block, -1, 0).reshape(3, -1).astype(np.float32)
+    at = (positions // width + HALO) * stride + positions % width + HALO  # in the block
+    centre = flat[:, at]
+    offsets = [dy * stride + dx for dy, dx in shape.taps]
+    ahead = np.stack([flat[:, at + offset] for offset in offsets], axis=1) - centre[:, None]
+    behind = np.stack([flat[:, at - offset] for offset in offsets], axis=1) - centre[:, None]
+    return centre, ahead, behind
+
+
+def _clipped_sum(ahead: np.ndarray, behind: np.ndarray, clip: int) -> np.ndarray:
+    """clip(ahead) + clip(behind), as ``_tap_sums`` adds them."""
+    if clip >= NO_CLIP:
+        return ahead + behind
+    return np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
+
+
 def _design(
     centre: np.ndarray, sums: np.ndarray, shape: Shape, dtype: type = np.float32
 ) -> Iterator[np.ndarray]:
@@ -340,6 +364,36 @@ def _design(
             inputs[own + 2 * len(cross)] = OFFSET_UNIT
             np.subtract(centre, 128, out=inputs[own + 2 * len(cross) + 1 :])
         yield inputs
+
+
+def _all_inputs(centre: np.ndarray, sums: np.ndarray, shape: Shape) -> np.ndarray:
+    """Every channel's filter inputs at once, float64: the tap sums of the three channels,
+    then (shapes with colour) the offset's input and R, G and B - 128. Each channel's
+    ``_design`` rows are some of these (``_rows_of_channels``), so one product of these
+    rows per class gives all three channels' normal equations, exactly (small integers)."""
+    taps, n = sums.shape[1], centre.shape[1]
+    inputs = np.empty((3 * taps + (4 if shape.colour else 0), n))
+    inputs[: 3 * taps] = sums.reshape(3 * taps, n)
+    if shape.colour:
+        inputs[3 * taps] = OFFSET_UNIT
+        np.subtract(centre, 128, out=inputs[3 * taps + 1 :])
+    return inputs
+
+
+@functools.cache
+def _rows_of_channels(shape: Shape) -> tuple[np.ndarray, ...]:
+    """For each channel, which rows of ``_all_inputs`` its ``_design`` takes, in order."""
+    taps, cross = len(shape.taps), list(shape.cross_taps)
+    colour = [3 * taps + i for i in range(4)] if shape.colour else []
+    return tuple(
+        np.array(
+            [c * taps + k for k in range(taps)]
+            + [(c + 1) % 3 * taps + k for k in cross]
+            + [(c + 2) % 3 * taps + k for k in cross]
+            + colour
+        )
+        for c in range(3)
+    )
 
 
 def _strips(height: int, width: int) -> Iterator[tuple[int, int]]:
@@ -450,13 +504,20 @@ class Fit:
             target = original.reshape(-1, 3)[positions].T.astype(np.float64)
             target -= block[HALO:-HALO, HALO:-HALO].reshape(-1, 3)[positions].T
             error += float(np.sum(target * target))
+            sampled = _differences_at(block, shape, positions) if every > 1 else None
             for clip, normal, right in zip(clips, normals, rights, strict=True):
-                centre, sums = (v[..., positions] for v in _tap_sums(block, shape, clip))
-                for c, inputs in enumerate(_design(centre, sums, shape, np.float64)):
-                    for k in range(fine):
-                        members = slice(bounds[k], bounds[k + 1])  # the pixels of class k
-                        normal[k, c] += inputs[:, members] @ inputs[:, members].T
-                        right[k, c] += inputs[:, members] @ target[c, members]
+                if sampled is None:  # every pixel: the sums over the block, then in order
+                    centre, sums = (v[..., positions] for v in _tap_sums(block, shape, clip))
+                else:  # a sample: the differences at its pixels alone, clipped per clip
+                    centre, sums = sampled[0], _clipped_sum(*sampled[1:], clip)
+                inputs = _all_inputs(centre, sums, shape)
+                for k in range(fine):
+                    members = slice(bounds[k], bounds[k + 1])  # the pixels of class k
+                    gram = inputs[:, members] @ inputs[:, members].T
+                    products = inputs[:, members] @ target[:, members].T
+                    for c, rows in enumerate(_rows_of_channels(shape)):
+                        normal[k, c] += gram[np.ix_(rows, rows)]
+                        right[k, c] += products[rows, c]
         return normals, rights, error
 
 

@@ -44,6 +44,10 @@ WORKER = textwrap.dedent(
     role = sys.argv[1]
 
     if role == "encode":
+        import os
+
+        # Compared below with Keras's float32 g_a and h_a: no bfloat16 runtime here.
+        os.environ["KAE_PRECISION"] = "f32"
         from keras import ops
         from PIL import Image
 

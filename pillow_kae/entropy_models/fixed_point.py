@@ -55,11 +55,12 @@ class IntConv:
         pad = k // 2
         height, width, cin = x.shape
         padded = np.pad(x.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)))
-        acc = np.zeros((height * width, self.kernel.shape[3]), dtype=np.float64)
-        for dy in range(k):
-            for dx in range(k):
-                patch = padded[dy : dy + height, dx : dx + width].reshape(-1, cin)
-                acc += patch @ self.kernel[dy, dx]
+        # Every tap's patch side by side, then one product: one large BLAS call.
+        patches = np.concatenate(
+            [padded[dy : dy + height, dx : dx + width] for dy in range(k) for dx in range(k)],
+            axis=-1,
+        ).reshape(height * width, k * k * cin)
+        acc = patches @ self.kernel.reshape(k * k * cin, -1)
         total = acc.astype(np.int64) + self.bias
         out = (total + (1 << (WEIGHT_BITS - 1))) >> WEIGHT_BITS
         if self.relu:
