@@ -1,13 +1,15 @@
 """Every save quality, 1 to 100: mean bytes and PSNR, and whether both climb strictly.
 
     python -m benchmarks.quality [--folder DIR] [--every N [--first I]] [--qualities 1-100]
-                                 [--out FILE]
+                                 [--out FILE] [--against FILE]
 
 Each image is saved with ``Image.save(..., quality=q)`` (the default ladder) and decoded
 with ``Image.open``; the table gives mean bpp, PSNR and Pillow JPEG's PSNR at the same bytes
 per quality, and the closing lines list every quality whose mean bytes or PSNR is not above
 the quality before it (issue 6 asks for none). Kodak when ../shared is there, else the
-sample images; it says which.
+sample images; it says which. ``--qualities anchors`` takes the ladder's anchors alone;
+``--against`` an earlier run's ``--out`` prints the change at each quality and the BD-rate,
+e.g. to compare inference runtimes and precisions (``KAE_RUNTIME``, ``KAE_PRECISION``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from tqdm import tqdm
 
 from benchmarks.jpeg import jpeg_psnr_at
 from benchmarks.rd import test_images
+from pillow_kae.bench.bd import bd_rate, envelope
 from pillow_kae.bench.codecs import roundtrip
 from pillow_kae.bench.metrics import psnr
+from pillow_kae.runtime import summary
 from pillow_kae.zoo import quality as ladder
 
 
 def _qualities(text: str) -> list[int]:
+    if text == "anchors":
+        return [q for q, *_ in ladder.anchor_qualities()]
     first, _, last = text.partition("-")
     return list(range(int(first), int(last or first) + 1))
 
@@ -61,12 +67,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--every", type=int, default=1, help="every N-th image")
     parser.add_argument("--first", type=int, default=0, help="with --every: start at image I")
-    parser.add_argument("--qualities", default="1-100", help="a range, e.g. 1-100")
+    parser.add_argument(
+        "--qualities", default="1-100", help="a range, e.g. 1-100, or 'anchors' (the ladder's)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON of the table")
+    parser.add_argument("--against", type=Path, default=None, help="an earlier --out to compare")
     args = parser.parse_args(argv)
     folder, paths = test_images(args.folder, args.every, args.first)
     qualities = _qualities(args.qualities)
     print(f"{len(paths)} images from {folder}; qualities {qualities[0]}-{qualities[-1]}")
+    print(f"transforms on {summary()}")
     means = sweep(paths, qualities)
     print("| quality | model, gain step | bpp | PSNR (dB) | JPEG at those bytes (dB) |")
     print("|---:|---|---:|---:|---:|")
@@ -80,10 +90,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"qualities whose mean {label} does not rise: {stuck or 'none'}")
     behind = [q for q, m in means.items() if m["psnr"] < m["jpeg_psnr"]]
     print(f"qualities behind JPEG at equal bytes: {behind or 'none'}")
+    if args.against:
+        compare(means, json.loads(args.against.read_text()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"images": folder, "count": len(paths), "means": means}
+        record = {"images": folder, "count": len(paths), "runtime": summary(), "means": means}
         args.out.write_text(json.dumps(record, indent=1))
+
+
+def compare(means: dict[int, dict[str, float]], earlier: dict) -> None:
+    """This run against an earlier ``--out``: PSNR and bytes per common quality, BD-rate."""
+    before = {int(q): m for q, m in earlier["means"].items()}
+    common = [q for q in means if q in before]
+    print(f"against {earlier.get('runtime', 'an earlier run')} ({earlier['count']} images):")
+    print("| quality | PSNR change (dB) | bytes change |")
+    print("|---:|---:|---:|")
+    for q in common:
+        change = 100 * (means[q]["bpp"] / before[q]["bpp"] - 1)
+        print(f"| {q} | {means[q]['psnr'] - before[q]['psnr']:+.3f} | {change:+.2f} % |")
+    curves = [envelope([(m[q]["bpp"], m[q]["psnr"]) for q in common]) for m in (before, means)]
+    print(f"BD-rate at equal PSNR: {bd_rate(*curves):+.2f} %")
 
 
 if __name__ == "__main__":
