@@ -236,7 +236,8 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
 def _encode_image_hyperprior(
     model: CodecModel, pixels: np.ndarray, gain_step: float, tile_size: int, effort: int = 0
 ) -> list[bytes]:
-    """Each tile's payload: its ẑ, then its y around the means h_s gives from the ẑ grid."""
+    """Each tile's payload: its ẑ, then its y around the means h_s gives from the ẑ grid,
+    each residual rounded for rate and distortion together (``TableCoder.round``)."""
     y, z_grid = _latent_grids(model, pixels, tile_size)
     if effort:
         y = _refine(model, pixels, y, z_grid, gain_step, effort)
@@ -255,12 +256,13 @@ def _encode_image_hyperprior(
             for _ in range(model.slices):
                 means, indices, channels = context.params()
                 residual = y_tile[..., channels] - means / (1 << ACTIVATION_BITS)
-                symbols = as_values(np.rint(g * residual))
+                symbols = as_values(model.y_coder.round(g * residual, indices))
                 model.y_coder.encode(encoder, symbols, indices)
                 context.add(means, symbols)
         else:
             means, indices = _split_params(model, hyper, gain_step)
-            model.y_coder.encode(encoder, np.rint(g * y_tile - g * means), indices)
+            symbols = model.y_coder.round(g * y_tile - g * means, indices)
+            model.y_coder.encode(encoder, symbols, indices)
         payloads.append(np.asarray(encoder.get_compressed(), dtype="<u4").tobytes())
     return payloads
 

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from pillow_kae.entropy_models import rounding
 from pillow_kae.entropy_models.coder import VALUE_LIMIT, TableCoder, new_decoder, new_encoder
 from pillow_kae.entropy_models.tables import (
     ESCAPE_MIN_MASS,
@@ -349,3 +350,57 @@ def test_constriction_stream_is_stable():
     assert words == GOLDEN_WORDS
     decoded = coder.decode(new_decoder(np.array(GOLDEN_WORDS, np.uint32)), np.array(GOLDEN_TABLES))
     assert decoded.tolist() == GOLDEN_VALUES
+
+
+# -- rate-distortion optimised rounding (the encoder's choice of integers) -------------------
+
+
+def _cost(tables: PmfTables, k: int, q: float, r: float) -> float:
+    entry = q - tables.offsets[k]
+    inside = 0 <= entry < tables.lengths[k]
+    freq = tables.freqs[k, int(entry) if inside else tables.lengths[k]]
+    return -np.log2(freq / TOTAL) + (0 if inside else 32) + rounding.WEIGHT * (r - q) ** 2
+
+
+def test_rounding_picks_the_cheaper_of_nearest_and_one_step_inward(small_tables):
+    """Checked one by one against its definition, over every table, escapes included."""
+    coder = TableCoder(small_tables)
+    rng = np.random.default_rng(8)
+    index = rng.integers(0, len(small_tables), 4000)
+    residual = small_tables.offsets[index] + rng.uniform(-3, 25, 4000)
+    residual[:5] = [0.49, -0.5, 1e6, -np.inf, np.nan]
+    got = coder.round(residual, index)
+    for r, k, q in zip(residual[5:], index[5:], got[5:], strict=True):
+        nearest = np.rint(r)
+        options = [nearest] if nearest == 0 else [nearest, nearest - np.sign(nearest)]
+        costs = [_cost(small_tables, k, option, r) for option in options]
+        assert q == options[int(np.argmin(costs))], (r, k)
+    assert list(got[:4]) == [0, -0, 1e6, -np.inf] and np.isnan(got[4])
+
+
+def test_rounding_moves_only_inward_and_by_one_step():
+    """On Gaussian tables: some move, never away from zero, never more than one step."""
+    tables = gaussian_tables(np.geomspace(0.11, 60, 24))
+    coder = TableCoder(tables)
+    rng = np.random.default_rng(9)
+    residual = rng.normal(0, 8, 20000)
+    index = rng.integers(0, len(tables), 20000)
+    got = coder.round(residual, index)
+    nearest = np.rint(residual)
+    moved = got != nearest
+    assert moved.any() and np.all(np.abs(got) <= np.abs(nearest))
+    assert np.all(np.abs(got - nearest) <= 1)
+
+
+def test_rounding_makes_smaller_files_that_decode(monkeypatch):
+    """Through the codec: fewer bytes than plain rounding, and the file decodes."""
+    from PIL import Image
+
+    from tests.conftest import SAMPLES, decode, encode
+
+    image = Image.open(SAMPLES / "coffee.png").convert("RGB").crop((0, 0, 192, 128))
+    rounded = encode(image, quality=50, restore=False)
+    monkeypatch.setattr(rounding, "WEIGHT", np.inf)
+    plain = encode(image, quality=50, restore=False)
+    assert len(rounded) < len(plain)
+    assert decode(rounded).size == image.size

@@ -11,6 +11,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
+from pillow_kae.entropy_models.rounding import round_residuals, table_bits
 from pillow_kae.entropy_models.tables import PmfTables
 
 _HALF = 1 << 16
@@ -30,6 +31,12 @@ class TableCoder:
             for k in range(len(tables))
         ]
         self._uniform = constriction.stream.model.Uniform(_HALF)
+        self._bits = table_bits(tables)
+
+    def round(self, residual: np.ndarray, table_index: np.ndarray) -> np.ndarray:
+        """The integers to code for float ``residual`` with tables ``table_index``: rounded
+        for rate and distortion together (``rounding``)."""
+        return round_residuals(residual, table_index, self.tables, self._bits)
 
     def encode(self, encoder: object, values: np.ndarray, table_index: np.ndarray) -> None:
         """Append ``values`` (ints) coded with tables ``table_index`` (same shape) to encoder."""
