@@ -11,11 +11,12 @@ about the same everywhere (its noise training makes every channel's step worth t
 so one weight serves every channel, model and gain.
 
 ``WEIGHT``, in bits per squared step, was chosen on every third Kodak image at seven
-anchors of the ladder (BD-rate at equal PSNR against plain rounding: -0.61 % at 25, -0.72 %
-at 32, -0.80 % at 40, -0.72 % at 50, -0.63 % at 80, -0.43 % at 160) and checked at 40 on
-photos it was not chosen on: -0.28 % on 8 clean Urban100 photos and -1.34 % on 17
-BSDS500/val photos. Near the half-way point a fraction of a bit saved moves a residual;
-a whole step from it, only 40 bits (a value far out in a narrow table's tail) do.
+anchors of the ladder (``python -m benchmarks.rounding``; BD-rate at equal PSNR against
+plain rounding: -0.61 % at 25, -0.72 % at 32, -0.80 % at 40, -0.72 % at 50, -0.63 % at 80,
+-0.43 % at 160) and checked at 40 on photos it was not chosen on: -0.28 % on 8 clean
+Urban100 photos and -1.34 % on 9 BSDS500/val photos. Near the half-way point a fraction
+of a bit saved moves a residual; a whole step from it, only 40 bits (a value far out in a
+narrow table's tail) do.
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""The encoder's rate-distortion optimised rounding, weight by weight, against plain rounding.
+
+    python -m benchmarks.rounding [--folder DIR] [--every 3] [--qualities 1,17,34,51,61,78,100]
+                                  [--weights 25,32,40,50,80,160]
+
+Saves each image at each quality through ``Image.save`` with
+``pillow_kae.entropy_models.rounding.WEIGHT`` set to each weight (``inf`` is plain
+rounding), decodes it with ``Image.open``, and prints mean bpp / PSNR per quality and the
+BD-rate at equal PSNR of each weight against plain rounding. The decoder is the same for
+every weight. Kodak when ../shared is there, else the sample images; it says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import pillow_kae  # noqa: F401  (registers the plugin)
+from benchmarks.rd import test_images
+from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.codecs import roundtrip
+from pillow_kae.bench.metrics import psnr
+from pillow_kae.entropy_models import rounding
+
+
+def sweep(paths: list, qualities: list[int], weight: float) -> list[tuple[float, float]]:
+    """Mean (bpp, PSNR) per quality with the rounding weight ``weight``."""
+    rounding.WEIGHT = weight
+    points = np.zeros((len(qualities), 2))
+    for path in tqdm(paths, desc=f"weight {weight:g}", unit="img", leave=False):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        pixels = np.asarray(rgb)
+        for i, q in enumerate(qualities):
+            coded = roundtrip(rgb, "KAE", quality=q)
+            points[i] += 8 * coded.size / (rgb.width * rgb.height), psnr(pixels, coded.decoded)
+    return [(float(b), float(p)) for b, p in points / len(paths)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", default=None)
+    parser.add_argument("--every", type=int, default=3, help="every N-th image")
+    parser.add_argument("--qualities", default="1,17,34,51,61,78,100")
+    parser.add_argument("--weights", default="25,32,40,50,80,160")
+    args = parser.parse_args(argv)
+    folder, paths = test_images(args.folder, args.every)
+    qualities = [int(v) for v in args.qualities.split(",")]
+    weights = [float(v) for v in args.weights.split(",")]
+    print(f"{len(paths)} images from {folder}; qualities {qualities}")
+    shipped = rounding.WEIGHT
+    plain = sweep(paths, qualities, math.inf)
+    print("| weight | " + " | ".join(f"q{q} bpp / dB" for q in qualities) + " | BD-rate |")
+    print("|---:|" + "---:|" * (len(qualities) + 1))
+    print("| plain | " + " | ".join(f"{b:.4f} / {p:.3f}" for b, p in plain) + " | — |")
+    for weight in weights:
+        points = sweep(paths, qualities, weight)
+        change = bd_rate(envelope(plain), envelope(points))
+        cells = " | ".join(f"{b:.4f} / {p:.3f}" for b, p in points)
+        print(f"| {weight:g} | {cells} | {change:+.2f} % |")
+    rounding.WEIGHT = shipped
+
+
+if __name__ == "__main__":
+    main()
