@@ -1,9 +1,9 @@
 """A transform run by an inference runtime: channels-last float32 arrays in and out.
 
 Two runtimes run the same ONNX graph. OpenVINO (the ``openvino`` extra) is preferred when it
-is installed: its oneDNN kernels run these convolutions about 1.3x faster than ONNX Runtime
+is installed: its oneDNN kernels run these convolutions about 1.1x faster than ONNX Runtime
 in float32, and on CPUs with bfloat16 matrix units (Intel AMX) it runs them in bfloat16,
-about 7x faster. ONNX Runtime is the portable default. Either imports in a fraction of a
+about 6x faster. ONNX Runtime is the portable default. Either imports in a fraction of a
 second where TensorFlow takes seconds. ``KAE_RUNTIME`` (``openvino``, ``onnxruntime``) picks
 one, ``KAE_PRECISION`` (``f32``, ``bf16``; OpenVINO only) its arithmetic, and
 ``KAE_NUM_THREADS`` its threads. Sessions are thread-safe, so one per transform and process
