@@ -318,10 +318,7 @@ def _tap_sums(block: np.ndarray, shape: Shape, clip: int) -> tuple[np.ndarray, n
     for i, (dy, dx) in enumerate(shape.taps):
         ahead = x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w] - centre
         behind = x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w] - centre
-        if clip < NO_CLIP:
-            np.clip(ahead, -clip, clip, out=ahead)
-            np.clip(behind, -clip, clip, out=behind)
-        np.add(ahead, behind, out=sums[:, i])
+        sums[:, i] = _clipped_sum(ahead, behind, clip)
     return centre.reshape(3, h * w), sums.reshape(3, len(shape.taps), h * w)
 
 
@@ -342,37 +339,21 @@ def _differences_at(
 
 
 def _clipped_sum(ahead: np.ndarray, behind: np.ndarray, clip: int) -> np.ndarray:
-    """clip(ahead) + clip(behind), as ``_tap_sums`` adds them."""
+    """clip(ahead, -clip, clip) + clip(behind, -clip, clip); no clipping at ``NO_CLIP``."""
     if clip >= NO_CLIP:
         return ahead + behind
     return np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
 
 
-def _design(
-    centre: np.ndarray, sums: np.ndarray, shape: Shape, dtype: type = np.float32
-) -> Iterator[np.ndarray]:
-    """Each channel's filter inputs, (shape.coefficients, n), from ``_tap_sums``: the
-    channel's own taps, the cross taps of the next two channels, then (shapes with colour)
-    the offset's input and R, G and B - 128. Small integers: exact in float32."""
-    own, cross = len(shape.taps), list(shape.cross_taps)
-    for c in range(3):
-        inputs = np.empty((shape.coefficients, centre.shape[1]), dtype)
-        inputs[:own] = sums[c]
-        inputs[own : own + len(cross)] = sums[(c + 1) % 3, cross]
-        inputs[own + len(cross) : own + 2 * len(cross)] = sums[(c + 2) % 3, cross]
-        if shape.colour:
-            inputs[own + 2 * len(cross)] = OFFSET_UNIT
-            np.subtract(centre, 128, out=inputs[own + 2 * len(cross) + 1 :])
-        yield inputs
-
-
-def _all_inputs(centre: np.ndarray, sums: np.ndarray, shape: Shape) -> np.ndarray:
-    """Every channel's filter inputs at once, float64: the tap sums of the three channels,
-    then (shapes with colour) the offset's input and R, G and B - 128. Each channel's
-    ``_design`` rows are some of these (``_rows_of_channels``), so one product of these
-    rows per class gives all three channels' normal equations, exactly (small integers)."""
+def _all_inputs(
+    centre: np.ndarray, sums: np.ndarray, shape: Shape, dtype: type = np.float64
+) -> np.ndarray:
+    """Every channel's filter inputs at once, from ``_tap_sums``: the tap sums of the three
+    channels, then (shapes with colour) the offset's input and R, G and B - 128. Small
+    integers, exact in float32. A channel's filter takes some of these rows
+    (``_rows_of_channels``), so one product of all of them serves the three channels."""
     taps, n = sums.shape[1], centre.shape[1]
-    inputs = np.empty((3 * taps + (4 if shape.colour else 0), n))
+    inputs = np.empty((_input_rows(shape), n), dtype)
     inputs[: 3 * taps] = sums.reshape(3 * taps, n)
     if shape.colour:
         inputs[3 * taps] = OFFSET_UNIT
@@ -380,9 +361,15 @@ def _all_inputs(centre: np.ndarray, sums: np.ndarray, shape: Shape) -> np.ndarra
     return inputs
 
 
+def _input_rows(shape: Shape) -> int:
+    return 3 * len(shape.taps) + (4 if shape.colour else 0)
+
+
 @functools.cache
 def _rows_of_channels(shape: Shape) -> tuple[np.ndarray, ...]:
-    """For each channel, which rows of ``_all_inputs`` its ``_design`` takes, in order."""
+    """For each channel, the rows of ``_all_inputs`` its filter's coefficients apply to, in
+    their order: its own taps, the cross taps of the next two channels, then the offset's
+    input and the colour terms."""
     taps, cross = len(shape.taps), list(shape.cross_taps)
     colour = [3 * taps + i for i in range(4)] if shape.colour else []
     return tuple(
@@ -412,8 +399,11 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
     height, width = pixels.shape[:2]
     shape = restoration.shape
     above = _edge_rows(pixels, -HALO, 0)
-    table = restoration.coefficients.astype(np.float32)
     mapping = restoration.mapping.ravel().astype(np.int64)
+    # Each channel's coefficients spread over the rows of ``_all_inputs`` (zero elsewhere).
+    table = np.zeros((3, restoration.coefficients.shape[1], _input_rows(shape)), np.float32)
+    for c, rows in enumerate(_rows_of_channels(shape)):
+        table[c][:, rows] = restoration.coefficients[c]
     for top, bottom in _strips(height, width):
         rows = np.concatenate(
             [above, pixels[top:bottom], _edge_rows(pixels, bottom, bottom + HALO)]
@@ -423,7 +413,8 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
         above = rows[bottom - top : bottom - top + HALO].copy()
         which = mapping[classes(block, restoration.thresholds, shape)][None]
         centre, sums = _tap_sums(block, shape, restoration.clip)
-        for c, inputs in enumerate(_design(centre, sums, shape)):
+        inputs = _all_inputs(centre, sums, shape, np.float32)
+        for c in range(3):
             # Every filter's response, then each pixel's own. The products are integers and
             # every partial sum stays below 2**24, so float32 (and BLAS, in any order)
             # computes them exactly.
