@@ -3,7 +3,7 @@
     python -m benchmarks.rounding [--folder DIR] [--every 3] [--qualities 1,17,34,51,61,78,100]
                                   [--weights 25,32,40,50,80,160]
 
-Saves each image at each quality through ``Image.save`` with
+Saves each image at each quality through ``Image.save`` (``benchmarks.quality``'s sweep) with
 ``pillow_kae.entropy_models.rounding.WEIGHT`` set to each weight (``inf`` is plain
 rounding), decodes it with ``Image.open``, and prints mean bpp / PSNR per quality and the
 BD-rate at equal PSNR of each weight against plain rounding. The decoder is the same for
@@ -15,30 +15,18 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
 import pillow_kae  # noqa: F401  (registers the plugin)
+from benchmarks import quality
 from benchmarks.rd import test_images
 from pillow_kae.bench.bd import bd_rate, envelope
-from pillow_kae.bench.codecs import roundtrip
-from pillow_kae.bench.metrics import psnr
 from pillow_kae.entropy_models import rounding
 
 
 def sweep(paths: list, qualities: list[int], weight: float) -> list[tuple[float, float]]:
     """Mean (bpp, PSNR) per quality with the rounding weight ``weight``."""
     rounding.WEIGHT = weight
-    points = np.zeros((len(qualities), 2))
-    for path in tqdm(paths, desc=f"weight {weight:g}", unit="img", leave=False):
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-        pixels = np.asarray(rgb)
-        for i, q in enumerate(qualities):
-            coded = roundtrip(rgb, "KAE", quality=q)
-            points[i] += 8 * coded.size / (rgb.width * rgb.height), psnr(pixels, coded.decoded)
-    return [(float(b), float(p)) for b, p in points / len(paths)]
+    means = quality.sweep(paths, qualities)
+    return [(means[q]["bpp"], means[q]["psnr"]) for q in qualities]
 
 
 def main(argv: list[str] | None = None) -> None:
