@@ -217,9 +217,9 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     mode = stored.mode
     model = loader.load(model_name)
     rgb = np.asarray(stored.convert("RGB"))
-    payloads = codec.encode_image(model, rgb, gain_step, codec.TILE_SIZE, effort)
+    payloads, y_hat = codec.encode_image_latents(model, rgb, gain_step, codec.TILE_SIZE, effort)
     restoration_filter = (
-        codec.fit_restoration(model, rgb, payloads, gain_step, codec.TILE_SIZE)
+        codec.fit_restoration(model, rgb, y_hat, 8 * sum(map(len, payloads)))
         if im.encoderinfo.get("restore", True)
         else None
     )

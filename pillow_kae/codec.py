@@ -235,22 +235,25 @@ def analysis(model: CodecModel, pixels: np.ndarray, centred: bool = False) -> np
 
 def _encode_image_hyperprior(
     model: CodecModel, pixels: np.ndarray, gain_step: float, tile_size: int, effort: int = 0
-) -> list[bytes]:
+) -> tuple[list[bytes], np.ndarray]:
     """Each tile's payload: its ẑ, then its y around the means h_s gives from the ẑ grid,
-    each residual rounded for rate and distortion together (``TableCoder.round``)."""
+    each residual rounded for rate and distortion together (``TableCoder.round``); and ŷ
+    of the whole padded image exactly as the decoder will reconstruct it from them."""
     y, z_grid = _latent_grids(model, pixels, tile_size)
     if effort:
         y = _refine(model, pixels, y, z_grid, gain_step, effort)
     stride, multiple = model.stride, model.pad_multiple
     image = (0, 0, y.shape[1] * stride, y.shape[0] * stride)
     g = gain(gain_step)
+    y_hat = np.empty(y.shape, np.float32)
     payloads = []
     for box in tiles(image[2], image[3], tile_size):
         encoder = new_encoder()
         z_hat = z_grid[_inner(box, image, multiple)]
         model.z_coder.encode(encoder, z_hat, _channel_tables(z_hat.shape))
         hyper = _tile_hyper(model, z_grid, box)
-        y_tile = y[_inner(box, image, stride)].astype(np.float64)
+        where = _inner(box, image, stride)
+        y_tile = y[where].astype(np.float64)
         if model.slices:
             context = _SliceContext(model, hyper, gain_step)
             for _ in range(model.slices):
@@ -259,12 +262,16 @@ def _encode_image_hyperprior(
                 symbols = as_values(model.y_coder.round(g * residual, indices))
                 model.y_coder.encode(encoder, symbols, indices)
                 context.add(means, symbols)
+                y_hat[(*where, channels)] = _dequantize(
+                    symbols, means / (1 << ACTIVATION_BITS), gain_step
+                )
         else:
             means, indices = _split_params(model, hyper, gain_step)
-            symbols = model.y_coder.round(g * y_tile - g * means, indices)
+            symbols = as_values(model.y_coder.round(g * y_tile - g * means, indices))
             model.y_coder.encode(encoder, symbols, indices)
+            y_hat[where] = _dequantize(symbols, means, gain_step)
         payloads.append(np.asarray(encoder.get_compressed(), dtype="<u4").tobytes())
-    return payloads
+    return payloads, y_hat
 
 
 def _refine(
@@ -519,23 +526,19 @@ def _synthesis_windows(
 
 
 def fit_restoration(
-    model: CodecModel,
-    pixels: np.ndarray,
-    payloads: list[bytes],
-    gain_step: float,
-    tile_size: int = TILE_SIZE,
+    model: CodecModel, pixels: np.ndarray, y_hat: np.ndarray | None, coded_bits: int
 ) -> RestorationFilter | None:
-    """The restoration filter for ``pixels`` coded as ``payloads`` (None if none pays).
+    """The restoration filter for ``pixels`` coded in ``coded_bits`` as ``y_hat`` (the
+    decoder's, from ``encode_image_latents``; None for seed-dense), or None if none pays.
 
-    Fitted on exactly what the decoder will synthesise from the payloads, in whole synthesis
+    Fitted on exactly what the decoder will synthesise from ``y_hat``, in whole synthesis
     windows; beyond ``RESTORATION_FIT_PIXELS`` only on an even sample of them, so encode
     time stays bounded on big photos. A window side inside the image gives up ``HALO``
     pixels whose neighbours lie in the next window.
     """
-    if model.kind == "seed-dense":
+    if y_hat is None:
         return None
     height, width = pixels.shape[:2]
-    y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
     padded_w, padded_h = _round_up(width, model.pad_multiple), _round_up(height, model.pad_multiple)
     several = len(_windows(padded_w, padded_h, None)) > 1
     every = max(1, -(-padded_w * padded_h // RESTORATION_FIT_PIXELS)) if several else 1
@@ -554,7 +557,7 @@ def fit_restoration(
             mode="edge",
         )
         fit.add(block, pixels[top + top_in : bottom - bottom_in, left + left_in : right - right_in])
-    return fit.solve(8 * sum(map(len, payloads)))
+    return fit.solve(coded_bits)
 
 
 def _decode_tile_v1(
@@ -624,6 +627,19 @@ def encode_image(
     needs Keras); the decoder is the same for every effort. ``gain_step`` may be a multiple
     of 1/16 (written as format version 4).
     """
+    return encode_image_latents(model, pixels, gain_step, tile_size, effort)[0]
+
+
+def encode_image_latents(
+    model: CodecModel,
+    pixels: np.ndarray,
+    gain_step: float,
+    tile_size: int = TILE_SIZE,
+    effort: int = 0,
+) -> tuple[list[bytes], np.ndarray | None]:
+    """``encode_image``'s payloads and the ŷ a decoder reconstructs from them (None for
+    seed-dense), which ``fit_restoration`` needs: the encoder knows it already, so it does
+    not decode its own payloads again."""
     gain_step = check_gain_step(gain_step)
     height, width = pixels.shape[:2]
     if model.kind == "seed-dense":
@@ -631,10 +647,11 @@ def encode_image(
             raise ValueError("the seed-dense model codes only at gain step 0")
         if effort:
             raise ValueError("the seed-dense model has no effort levels (it has no hyperprior)")
-        return [
+        payloads = [
             _encode_blocks(model, pixels[top:bottom, left:right])
             for left, top, right, bottom in tiles(width, height, tile_size)
         ]
+        return payloads, None
     return _encode_image_hyperprior(model, pixels, gain_step, tile_size, effort)
 
 

@@ -85,6 +85,18 @@ def test_slice_model_round_trip(pixels: np.ndarray, tile_size: int) -> None:
     np.testing.assert_array_equal(decoded, again)
 
 
+@pytest.mark.parametrize("tile_size", [64, 1024])
+@pytest.mark.parametrize("step", [0, -1.25])
+def test_the_encoders_y_hat_is_the_decoders(pixels: np.ndarray, tile_size: int, step: float):
+    """The restoration fit uses the encoder's ŷ instead of decoding its own payloads again:
+    it must be the decoder's, bit for bit, with and without channel slices."""
+    for model in (loader.load("kae-mid"), conditional(scale=0.1)):
+        payloads, y_hat = codec.encode_image_latents(model, pixels, step, tile_size)
+        decoded = codec._decode_latent_grid(model, payloads, 200, 150, step, tile_size)
+        np.testing.assert_array_equal(y_hat, decoded)
+        assert payloads == codec.encode_image(model, pixels, step, tile_size)
+
+
 def test_version_2_cannot_name_a_slice_model(pixels: np.ndarray) -> None:
     model = conditional(scale=0.5)
     payloads = codec.encode_image(model, pixels, 0)
