@@ -248,10 +248,10 @@ def test_internal_errors_keep_their_traceback(
     """A ValueError inside the codec is a bug: it propagates instead of a one-line error."""
     from pillow_kae import codec
 
-    def broken_encode(*args: object) -> bytes:
+    def broken_encode(*args: object) -> tuple[list[bytes], None]:
         raise ValueError("internal invariant broken")
 
-    monkeypatch.setattr(codec, "encode_image", broken_encode)
+    monkeypatch.setattr(codec, "encode_image_latents", broken_encode)
     out = tmp_path / "out.kae"
     with pytest.raises(ValueError, match="internal invariant"):
         main(["encode", str(bad_inputs["png"]), str(out)])
