@@ -300,6 +300,24 @@ def test_every_quality_is_its_own_rate_point() -> None:
     assert all(a < b for a, b in itertools.pairwise(steps)) and steps[74] == 0
 
 
+def test_a_card_spreads_its_quality_scale_over_its_trained_gain_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A variable-rate model's card declares the gain steps of quality 1 and 100."""
+    import dataclasses
+
+    from pillow_kae import zoo
+    from pillow_kae.zoo import quality as ladder
+
+    wide = dataclasses.replace(installed()["kae-mid"], quality_steps=[-8, 6])
+    monkeypatch.setattr(zoo, "installed", lambda: {**installed(), "kae-mid": wide})
+    steps = [ladder.choose(q, "kae-mid")[1] for q in range(1, 101)]
+    assert (steps[0], steps[74], steps[99]) == (-8, 0, 6)
+    assert all(a < b for a, b in itertools.pairwise(steps))
+    with pytest.raises(ValueError, match="quality_steps"):
+        dataclasses.replace(wide, quality_steps=[1, 6])
+
+
 def test_a_fraction_of_a_gain_step_is_version_4(make_image) -> None:
     from pillow_kae import container
 

@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="store int8 kernels as the difference from this installed model's (a fine-tune)",
     )
+    export.add_argument(
+        "--quality-steps",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="gain steps of quality 1 and 100 with model=NAME (a variable-rate model's range)",
+    )
 
     retire = sub.add_parser(
         "retire", help="keep installed models' decoders for their files, then uninstall them"
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             data_note=args.data_note,
             storage=args.storage,
             base=args.base,
+            quality_steps=args.quality_steps,
             max_images=args.max_images,
         )
     return 0

@@ -166,14 +166,17 @@ def export(
     data_note: str | None = None,
     storage: str = "int8",
     base: str | None = None,
+    quality_steps: tuple[float, float] | None = None,
     **eval_args: object,
 ) -> Path:
     """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path.
 
     ``storage="int8"`` stores the conv kernels as int8 (``zoo.weights.quantize_int8``);
     ``base`` (an installed int8 model the run was fine-tuned from) stores them as the
-    difference from that model's (``zoo.weights.delta_int8``), a fraction of the bytes. The
-    card's evaluation measures the file as stored.
+    difference from that model's (``zoo.weights.delta_int8``), a fraction of the bytes.
+    ``quality_steps`` (LOW, HIGH) spreads the quality scale of ``model=NAME`` over the gain
+    steps a variable-rate run was trained for. The card's evaluation measures the file as
+    stored.
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
@@ -217,6 +220,7 @@ def export(
         graph=graph.describe(model, kind),
         storage=storage,
         base={"name": base_card.name, "sha256": base_card.sha256} if base_card else {},
+        quality_steps=list(quality_steps or ()),
     )
     card_path = WEIGHTS_DIR / f"{name}.json"
     card_path.write_text(card.to_json())

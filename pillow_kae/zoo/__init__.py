@@ -19,6 +19,7 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 RETIRED = "retired"  # subfolder of WEIGHTS_DIR
 CARD_SUFFIX = ".json"
+MAX_QUALITY_STEP = 16  # a model's quality scale spans at most this many gain steps each way
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,18 @@ class ModelCard:
     storage: str = "float16"  # conv kernels as stored: "float16" or "int8" (zoo.weights)
     stored_sha256: str = ""  # a retired model's stripped file; sha256 stays what files name
     base: dict = field(default_factory=dict)  # delta storage: the base's name and sha256
+    #: The gain steps of quality 1 and 100 when the model is chosen by name (quality 75 is
+    #: step 0); empty: the default range (``zoo.quality.model_gain_step``).
+    quality_steps: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        steps = self.quality_steps
+        if steps and not (
+            len(steps) == 2 and -MAX_QUALITY_STEP <= steps[0] <= 0 <= steps[1] <= MAX_QUALITY_STEP
+        ):
+            raise ValueError(
+                f"model card {self.name}: quality_steps {steps} is not LOW <= 0 <= HIGH"
+            )
 
     @property
     def file_sha256(self) -> str:

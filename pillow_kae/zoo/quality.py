@@ -80,13 +80,23 @@ def ladder_point(quality: int) -> tuple[str, float]:
     return model0, _to_sixteenths(step0 + t * span)
 
 
+#: An explicit model's gain steps at quality 1 and 100 unless its card says otherwise:
+#: 12.5 quality points per step around 75 (beyond -6..+2 the models trained at one rate fall
+#: behind JPEG).
+MODEL_QUALITY_STEPS = (-(75 - 1) / 12.5, (100 - 75) / 12.5)
+
+
 def model_gain_step(quality: int, model: str) -> float:
     """With an explicit model, quality moves along that model's own rate: 75 is the rate it
-    was trained for (gain step 0), each 12.5 quality points one gain step, within -6..+2
-    (beyond those the shipped models fall behind JPEG). seed-dense has one rate only."""
-    if card(model).kind == "seed-dense":
+    was trained for (gain step 0), 1 and 100 the ends of its card's ``quality_steps`` (a
+    model trained over a range of gain steps declares the range), linear in between.
+    seed-dense has one rate only."""
+    model_card = card(model)
+    if model_card.kind == "seed-dense":
         return 0.0
-    return _to_sixteenths(min(max((quality - 75) / 12.5, -6), 2))
+    low, high = model_card.quality_steps or MODEL_QUALITY_STEPS
+    step = low * (75 - quality) / 74 if quality <= 75 else high * (quality - 75) / 25
+    return _to_sixteenths(step)
 
 
 def choose(
