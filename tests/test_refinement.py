@@ -25,11 +25,15 @@ def photo() -> Image.Image:
     return Image.open(SAMPLES / "coffee.png").convert("RGB").crop((0, 0, 200, 150))
 
 
+def cost(bits: int, decoded: np.ndarray, original: np.ndarray, lmbda: float) -> float:
+    """What refinement minimises: bpp + lambda * 255^2 * MSE (pixels on a 0-1 scale)."""
+    mse = float(np.mean((decoded.astype(np.float64) - original) ** 2)) / 255.0**2
+    return bits / original[..., 0].size + lmbda * 255.0**2 * mse
+
+
 def objective(data: bytes, original: Image.Image, lmbda: float) -> float:
-    """What refinement minimises, measured on the real file: bpp + lambda * 255^2 * MSE."""
-    decoded = np.asarray(decode(data), np.float64)
-    mse = float(np.mean((decoded - np.asarray(original, np.float64)) ** 2)) / 255.0**2
-    return 8 * len(data) / (original.width * original.height) + lmbda * 255.0**2 * mse
+    """``cost`` measured on the real file."""
+    return cost(8 * len(data), np.asarray(decode(data)), np.asarray(original), lmbda)
 
 
 @pytest.mark.parametrize("quality", [40, 75])
@@ -71,12 +75,9 @@ def test_effort_in_windows_decodes_without_a_seam(
         assert error[:, col - 2 : col + 2].mean() < 2.0 * error.mean()
     # ... and the windows, searched apart, still lower what refinement minimises overall.
     base_out = codec.decode_image(model, base, 200, 150, 0, 128, 2)
-
-    def cost(payloads: list[bytes], decoded: np.ndarray) -> float:
-        mse = float(np.mean((decoded.astype(np.float64) - pixels) ** 2))
-        return 8 * sum(map(len, payloads)) / pixels[..., 0].size + model.card.lmbda * mse
-
-    assert cost(refined, out) < cost(base, base_out)
+    lmbda = model.card.lmbda
+    refined_cost = cost(8 * sum(map(len, refined)), out, pixels, lmbda)
+    assert refined_cost < cost(8 * sum(map(len, base)), base_out, pixels, lmbda)
 
 
 @pytest.mark.parametrize("effort", [-1, 10, 2.5, "3", True, None])

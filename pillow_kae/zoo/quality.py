@@ -80,10 +80,11 @@ def ladder_point(quality: int) -> tuple[str, float]:
     return model0, _to_sixteenths(step0 + t * span)
 
 
+TRAINED_QUALITY = 75  # an explicit model's gain step 0
 #: An explicit model's gain steps at quality 1 and 100 unless its card says otherwise:
 #: 12.5 quality points per step around 75 (beyond -6..+2 the models trained at one rate fall
 #: behind JPEG).
-MODEL_QUALITY_STEPS = (-(75 - 1) / 12.5, (100 - 75) / 12.5)
+MODEL_QUALITY_STEPS = (-(TRAINED_QUALITY - 1) / 12.5, (100 - TRAINED_QUALITY) / 12.5)
 
 
 def model_gain_step(quality: int, model: str) -> float:
@@ -95,7 +96,10 @@ def model_gain_step(quality: int, model: str) -> float:
     if model_card.kind == "seed-dense":
         return 0.0
     low, high = model_card.quality_steps or MODEL_QUALITY_STEPS
-    step = low * (75 - quality) / 74 if quality <= 75 else high * (quality - 75) / 25
+    if quality <= TRAINED_QUALITY:
+        step = low * (TRAINED_QUALITY - quality) / (TRAINED_QUALITY - 1)
+    else:
+        step = high * (quality - TRAINED_QUALITY) / (100 - TRAINED_QUALITY)
     return _to_sixteenths(step)
 
 
