@@ -288,6 +288,8 @@ def _refine(
     with g_s seeing ``REFINE_CONTEXT`` latents around it (as the decoder will have them:
     refined before it, rounded after) and its pixels plus ``REFINE_OVERLAP`` latents' worth
     beyond it scored, so that windows meet without a seam; memory stays one window's.
+    A window keeps the search's symbols only if, decoded by g_s, they cost less than those
+    effort 0 codes: more effort never makes a window worse by what refinement minimises.
     """
     from pillow_kae import refinement
 
@@ -308,7 +310,8 @@ def _refine(
         means[where], indices[where] = _split_params(
             model, _tile_hyper(model, z_grid, box), gain_step
         )
-    y_hat = means + np.rint(g * (y - means)) / g
+    start = as_values(model.y_coder.round(g * (y - means), indices))  # what effort 0 codes
+    y_hat = means + start / g
     scales = scale_table()
     for box in windows:
         where = _inner(box, image, stride)
@@ -327,7 +330,13 @@ def _refine(
             weight=weight,
             lmbda=refinement.trade_off(model.card.lmbda, g),
         )
-        y_hat[where] = means[where] + refinement.refine(model, problem, steps) / g
+        found = refinement.refine(model, problem, steps)
+        candidates = (found, start[where])
+        costs = [
+            refinement.window_cost(model, problem, q, model.y_coder.bits(q, indices[where]))
+            for q in candidates
+        ]
+        y_hat[where] = means[where] + candidates[int(np.argmin(costs))] / g
     return y_hat
 
 

@@ -100,8 +100,23 @@ def refine(model: CodecModel, problem: Problem, steps: int, seed: int = 0) -> np
     with _SEARCH_LOCK:  # a compiled search holds one problem at a time
         refiner = _refiner(model, problem, seed)
         refiner.load(problem)
-        refiner.fit(taus, np.zeros((steps, 1), np.float32), batch_size=1, epochs=1, verbose=0)
+        refiner.fit(
+            taus, np.zeros((steps, 1), np.float32), batch_size=1, epochs=1, shuffle=False, verbose=0
+        )  # in order: the temperatures anneal
         return np.rint(np.asarray(refiner.residual.numpy(), np.float64))
+
+
+def window_cost(model: CodecModel, problem: Problem, symbols: np.ndarray, bits: float) -> float:
+    """bpp + lambda * 255^2 * MSE of the window coded as ``symbols`` (``bits``: their cost in
+    the coding tables), its pixels decoded by the codec's own g_s and rounded as a decoder
+    rounds them: the judge between a search's result and the symbols it started from."""
+    context = problem.context.astype(np.float32).copy()
+    context[problem.window] = problem.means + symbols / problem.gain
+    x_hat = model.transform("g_s")(context[None])[0]
+    decoded = np.clip(np.rint(x_hat * 255.0), 0.0, 255.0) / 255.0
+    pixels = float(problem.weight.sum())
+    error = float(np.sum(problem.weight * np.square(decoded - problem.target)))
+    return bits / pixels + problem.lmbda * 255.0**2 * error / (3.0 * pixels)
 
 
 _REFINERS: OrderedDict[tuple, object] = OrderedDict()
@@ -174,10 +189,14 @@ def _refiner_class() -> type:
             self.rate_scale = constant((), "rate_scale")
             self.distortion_scale = constant((), "distortion_scale")
             self.seed = keras.random.SeedGenerator(seed)
+            self.first_seed = np.array(self.seed.state.numpy())
             self.fresh_optimizer: list[np.ndarray] = []  # Adam's state before any step
 
         def load(self, problem: Problem) -> None:
-            """Set the problem, and start Adam afresh."""
+            """Set the problem, and start Adam and the Gumbel noise afresh: a search kept
+            for reuse finds what a new one would, so a file does not depend on what the
+            process encoded before it."""
+            self.seed.state.assign(self.first_seed)
             outside = problem.context.astype(np.float32).copy()
             outside[problem.window] = 0.0
             pixels = float(problem.weight.sum())

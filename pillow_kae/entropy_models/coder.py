@@ -11,7 +11,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from pillow_kae.entropy_models.rounding import round_residuals, table_bits
+from pillow_kae.entropy_models.rounding import round_residuals, table_bits, value_bits
 from pillow_kae.entropy_models.tables import PmfTables
 
 _HALF = 1 << 16
@@ -37,6 +37,11 @@ class TableCoder:
         """The integers to code for float ``residual`` with tables ``table_index``: rounded
         for rate and distortion together (``rounding``)."""
         return round_residuals(residual, table_index, self.tables, self._bits)
+
+    def bits(self, values: np.ndarray, table_index: np.ndarray) -> float:
+        """What ``values`` cost coded with tables ``table_index``, in bits (escapes included):
+        the rate an encoder compares its choices by."""
+        return float(np.sum(value_bits(values, table_index, self.tables, self._bits)))
 
     def encode(self, encoder: object, values: np.ndarray, table_index: np.ndarray) -> None:
         """Append ``values`` (ints) coded with tables ``table_index`` (same shape) to encoder."""

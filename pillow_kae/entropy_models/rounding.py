@@ -45,13 +45,20 @@ def round_residuals(
     bits + WEIGHT * error^2."""
     nearest = np.rint(residual)
     inward = nearest - np.sign(nearest)
-    offsets, lengths = tables.offsets[table_index], tables.lengths[table_index]
 
     def cost(q: np.ndarray) -> np.ndarray:
-        entry = q - offsets
-        inside = (entry >= 0) & (entry < lengths)  # else the escape entry (NaN too)
-        entry = np.where(inside, entry, lengths).astype(np.int64)
         with np.errstate(invalid="ignore"):  # infinite residuals keep their rint
-            return bits[table_index, entry] + WEIGHT * (residual - q) ** 2
+            return value_bits(q, table_index, tables, bits) + WEIGHT * (residual - q) ** 2
 
     return np.where((nearest != 0) & (cost(inward) < cost(nearest)), inward, nearest)
+
+
+def value_bits(
+    values: np.ndarray, table_index: np.ndarray, tables: PmfTables, bits: np.ndarray
+) -> np.ndarray:
+    """Bits of each of ``values`` (integers, as floats or ints) coded with tables
+    ``table_index`` (``bits``: their ``table_bits``), escapes included."""
+    entry = values - tables.offsets[table_index]
+    lengths = tables.lengths[table_index]
+    inside = (entry >= 0) & (entry < lengths)  # else the escape entry (NaN too)
+    return bits[table_index, np.where(inside, entry, lengths).astype(np.int64)]
