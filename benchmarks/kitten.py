@@ -1,20 +1,21 @@
 """ "Is this a kitten?": how well rate-based scores separate cats from other photos.
 
-    python -m benchmarks.kitten [--pair CATS_RUN GENERAL_RUN]... [--limit N]
+    python -m benchmarks.kitten [--pair MODEL REFERENCE]... [--limit N]
 
 Positives: ../shared/data/cats/valid (never trained on). Negatives, scored separately:
 dogs/valid (the hard negatives: same source, same framing) and Kodak + BSDS500 val. Each
 score is "lower = more cat-like"; AUROC is the probability that a random negative scores
-higher than a random cat (0.5 = chance). Scores:
+higher than a random cat (0.5 = chance). Scores, all through the public API:
 
 - jpeg: Pillow JPEG q75 bits per pixel, the trivial baseline (image complexity);
 - kae-mid / seed-dense: ``pillow_kae.surprise`` with that shipped model (real coding);
 - kae-kittens / kae-mid: the shipped kitten score, ``surprise(img, model="kae-kittens",
   reference="kae-mid")`` (when kae-kittens is installed);
-- ratios of a cats-only model's rate to a general model's rate, which cancel complexity.
-  Each ``--pair`` names two run directories (not shipped: trained on cats/train only and on
-  BSDS500/train only) whose rates are the models' own estimates;
-- seed-dense MSE: the blog's own anomaly score, how badly the cat model reconstructs;
+- each ``--pair MODEL REFERENCE``: ``surprise(img, model=MODEL, reference=REFERENCE)``, the
+  ratio of two installed models' coded rates, which cancels image complexity. A training
+  run is installed for this with ``python -m training export RUN --name NAME``;
+- seed-dense MSE: the blog's own anomaly score, how badly the cat model reconstructs (a
+  real ``.kae`` file saved with ``model="seed-dense"`` and read back);
 - and, supervised for comparison: a logistic regression on ``pillow_kae.features`` averaged
   over positions (5-fold cross-validated), the "features for other models" use.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from benchmarks.rd import KODAK
 from pillow_kae.analysis import features, surprise
+from pillow_kae.zoo import card, installed
 
 SHARED = KODAK.parent
 MAX_SIDE = 512  # larger images are downscaled first, so every set is seen at a similar scale
@@ -55,34 +56,14 @@ def jpeg_bpp(image: Image.Image) -> float:
     return 8 * buffer.tell() / (image.width * image.height)
 
 
-def estimated_bpp(model: object, image: Image.Image) -> float:
-    """Bits per pixel a Keras model's own entropy model estimates for the image."""
-    from keras import ops
-
-    from pillow_kae.codec import _blocks, _pad_centred
-
-    pixels = np.asarray(image)
-    if hasattr(model, "block"):  # seed-dense: 48x48 blocks
-        blocks, _ = _blocks(pixels, model.block)
-        out = model(blocks.astype(np.float32) / 255.0, training=False)
-        return float(np.mean(ops.convert_to_numpy(out["bpp"])))
-    padded = _pad_centred(pixels, 64)
-    out = model(padded[None].astype(np.float32) / 255.0, training=False)
-    bits = float(ops.convert_to_numpy(out["bpp"])[0]) * padded.shape[0] * padded.shape[1]
-    return bits / (pixels.shape[0] * pixels.shape[1])
-
-
-def seed_mse(model: object, image: Image.Image) -> float:
-    """Mean squared error (0-1 scale) of the seed model's float reconstruction of the blocks."""
-    from keras import ops
-
-    from pillow_kae.codec import _blocks
-
-    blocks, _ = _blocks(np.asarray(image), model.block)
-    x = blocks.astype(np.float32) / 255.0
-    y = model.encoder(x, training=False)
-    x_hat = ops.convert_to_numpy(model.decoder(ops.round(y), training=False))
-    return float(np.mean((x_hat - x) ** 2))
+def seed_mse(image: Image.Image) -> float:
+    """Mean squared error (0-1 scale) of the image saved with the seed model and read back."""
+    buffer = io.BytesIO()
+    image.save(buffer, "KAE", model="seed-dense")
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        error = np.asarray(decoded.convert("RGB"), np.float64) - np.asarray(image, np.float64)
+    return float(np.mean(error**2)) / 255.0**2
 
 
 def probe_auroc(cats: np.ndarray, others: np.ndarray, folds: int = 5, seed: int = 0) -> float:
@@ -104,28 +85,15 @@ def probe_auroc(cats: np.ndarray, others: np.ndarray, folds: int = 5, seed: int 
     return auroc(scores[label == 0], scores[label == 1])
 
 
-def load_run(run: Path) -> object:
-    import json
-
-    from pillow_kae import models
-    from pillow_kae.zoo.weights import assign_weights, load_arrays
-
-    config = json.loads((run / "state.json").read_text())["config"]
-    model = models.build(config.get("kind", "mean-scale-hyperprior"), config.get("arch", {}))
-    assign_weights(model, load_arrays(run / "checkpoint.npz"))
-    return model
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--pair",
         nargs=2,
         action="append",
-        type=Path,
         default=[],
-        metavar=("CATS_RUN", "GENERAL_RUN"),
-        help="two run directories whose rate ratio is scored",
+        metavar=("MODEL", "REFERENCE"),
+        help="two installed models whose rate ratio is scored",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most N images per set")
     args = parser.parse_args(argv)
@@ -135,12 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         "kodak": KODAK,
         "bsds500/val": SHARED / "bsds500" / "val",
     }
-    pairs = [(c.name, load_run(c), g.name, load_run(g)) for c, g in args.pair]
-    from pillow_kae.zoo import installed
-    from pillow_kae.zoo.loader import load
-
+    for name in {name for pair in args.pair for name in pair}:
+        card(name)  # an unknown model fails here, naming the installed ones
     kittens = "kae-kittens" in installed()
-    seed_model = load("seed-dense").keras_model
     rows: dict[str, list[dict[str, float]]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     for label, folder in sets.items():
@@ -159,12 +124,10 @@ def main(argv: list[str] | None = None) -> None:
                 score["kae-kittens / kae-mid"] = surprise(
                     image, model="kae-kittens", reference="kae-mid"
                 )
-            score["seed-dense MSE (blog)"] = seed_mse(seed_model, image)
+            score["seed-dense MSE (blog)"] = seed_mse(image)
             score["seed-dense / kae-mid"] = score["seed-dense"] / score["kae-mid"]
-            for cats_name, cats_model, general_name, general_model in pairs:
-                cats_bpp = estimated_bpp(cats_model, image)
-                general_bpp = estimated_bpp(general_model, image)
-                score[f"{cats_name} / {general_name} (est.)"] = cats_bpp / general_bpp
+            for model, reference in args.pair:
+                score[f"{model} / {reference}"] = surprise(image, model=model, reference=reference)
             rows[label].append(score)
             pooled[label].append(features(image).mean(axis=(0, 1)))
     cats = rows["cats/valid"]

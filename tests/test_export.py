@@ -208,7 +208,9 @@ def test_a_model_stored_as_a_delta_codes_and_pins_its_base(tmp_path, weights_dir
     base_run = _run(tmp_path / "base", seed=1)
     export_module.export(base_run, NAME)
     tuned = "kae-tiny-cats"
-    export_module.export(_fine_tune(base_run, tmp_path / "tuned", 1e-3), tuned, base=NAME)
+    export_module.export(
+        _fine_tune(base_run, tmp_path / "tuned", 1e-3), tuned, base=NAME, delta_step=3
+    )
     card = zoo.card(tuned)
     assert card.base == {"name": NAME, "sha256": zoo.card(NAME).sha256}
     assert cli.main(["models"]) == 0
@@ -218,6 +220,7 @@ def test_a_model_stored_as_a_delta_codes_and_pins_its_base(tmp_path, weights_dir
         kernels = {k.removesuffix(SCALE_SUFFIX) for k in base.files if SCALE_SUFFIX in k}
         assert kernels == {k.removesuffix(DELTA_SUFFIX) for k in stored.files if DELTA_SUFFIX in k}
         assert not [k for k in stored.files if k.endswith(SCALE_SUFFIX) or "tables/y" in k]
+        assert int(stored[DELTA_STEP_KEY]) == 3
     pixels = smooth_array(40, 56, seed=3, noise=4.0)
     Image.fromarray(pixels).save(tmp_path / "a.kae", model=tuned, quality=75)
     Image.fromarray(pixels).save(tmp_path / "b.kae", model=NAME, quality=75)

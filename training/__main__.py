@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from pillow_kae.zoo.weights import DELTA_STEP
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -108,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar=("LOW", "HIGH"),
         help="gain steps of quality 1 and 100 with model=NAME (a variable-rate model's range)",
+    )
+    export.add_argument(
+        "--delta-step",
+        type=int,
+        default=DELTA_STEP,
+        help="with --base: the unit of the stored kernel deltas, in the base's int8 steps "
+        "(larger: fewer bytes, more rounding noise)",
     )
 
     retire = sub.add_parser(
@@ -223,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             storage=args.storage,
             base=args.base,
             quality_steps=args.quality_steps,
+            delta_step=args.delta_step,
             max_images=args.max_images,
         )
     return 0

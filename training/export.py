@@ -28,6 +28,7 @@ from pillow_kae.zoo import RETIRED, WEIGHTS_DIR, ModelCard, installed, loader, r
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import (
     BASE_DIGEST,
+    DELTA_STEP,
     assign_weights,
     delta_int8,
     load_arrays,
@@ -167,13 +168,15 @@ def export(
     storage: str = "int8",
     base: str | None = None,
     quality_steps: tuple[float, float] | None = None,
+    delta_step: int = DELTA_STEP,
     **eval_args: object,
 ) -> Path:
     """Write ``NAME.npz`` and ``NAME.json`` into the package; returns the card's path.
 
     ``storage="int8"`` stores the conv kernels as int8 (``zoo.weights.quantize_int8``);
     ``base`` (an installed int8 model the run was fine-tuned from) stores them as the
-    difference from that model's (``zoo.weights.delta_int8``), a fraction of the bytes.
+    difference from that model's (``zoo.weights.delta_int8``), a fraction of the bytes, in
+    units of ``delta_step`` of the base's steps.
     ``quality_steps`` (LOW, HIGH) spreads the quality scale of ``model=NAME`` over the gain
     steps a variable-rate run was trained for. The card's evaluation measures the file as
     stored.
@@ -199,7 +202,7 @@ def export(
         arrays[THRESHOLDS] = log_scale_thresholds_fixed(log_scale_thresholds())
     if base_card is not None:
         with np.load(base_card.path, allow_pickle=False) as stored:
-            arrays = delta_int8(arrays, {k: stored[k] for k in stored.files})
+            arrays = delta_int8(arrays, {k: stored[k] for k in stored.files}, delta_step)
         arrays[BASE_DIGEST] = np.frombuffer(base_card.digest, np.uint8)
     data = _npz_bytes(arrays)
     digest = hashlib.sha256(data).hexdigest()
