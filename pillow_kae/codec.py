@@ -330,12 +330,14 @@ def _refine(
             weight=weight,
             lmbda=refinement.trade_off(model.card.lmbda, g),
         )
-        found = refinement.refine(model, problem, steps)
-        candidates = (found, start[where])
-        costs = [
-            refinement.window_cost(model, problem, q, model.y_coder.bits(q, indices[where]))
-            for q in candidates
-        ]
+        candidates = (refinement.refine(model, problem, steps), start[where])
+        costs = []
+        for q in candidates:
+            context = problem.context.astype(np.float32)
+            context[problem.window] = means[where] + q / g
+            decoded = _to_uint8(model.transform("g_s")(context[None])[0])
+            bits = model.y_coder.bits(q, indices[where])
+            costs.append(refinement.window_cost(problem, bits, decoded))
         y_hat[where] = means[where] + candidates[int(np.argmin(costs))] / g
     return y_hat
 

@@ -106,17 +106,20 @@ def refine(model: CodecModel, problem: Problem, steps: int, seed: int = 0) -> np
         return np.rint(np.asarray(refiner.residual.numpy(), np.float64))
 
 
-def window_cost(model: CodecModel, problem: Problem, symbols: np.ndarray, bits: float) -> float:
-    """bpp + lambda * 255^2 * MSE of the window coded as ``symbols`` (``bits``: their cost in
-    the coding tables), its pixels decoded by the codec's own g_s and rounded as a decoder
-    rounds them: the judge between a search's result and the symbols it started from."""
-    context = problem.context.astype(np.float32).copy()
-    context[problem.window] = problem.means + symbols / problem.gain
-    x_hat = model.transform("g_s")(context[None])[0]
-    decoded = np.clip(np.rint(x_hat * 255.0), 0.0, 255.0) / 255.0
+def cost_weights(problem: Problem) -> tuple[float, float]:
+    """What a bit and a squared pixel error (0-1 scale, summed over the scored values) weigh
+    in bpp + lambda * 255^2 * MSE, MSE per value (3 per pixel) as in training."""
     pixels = float(problem.weight.sum())
-    error = float(np.sum(problem.weight * np.square(decoded - problem.target)))
-    return bits / pixels + problem.lmbda * 255.0**2 * error / (3.0 * pixels)
+    return 1.0 / pixels, problem.lmbda * 255.0**2 / (3.0 * pixels)
+
+
+def window_cost(problem: Problem, bits: float, decoded: np.ndarray) -> float:
+    """bpp + lambda * 255^2 * MSE of the window coded with ``bits`` (in the coding tables) and
+    decoded to ``decoded`` (the context's uint8 pixels): the judge between a search's result
+    and the symbols it started from."""
+    rate, distortion = cost_weights(problem)
+    error = float(np.sum(problem.weight * np.square(decoded / 255.0 - problem.target)))
+    return bits * rate + error * distortion
 
 
 _REFINERS: OrderedDict[tuple, object] = OrderedDict()
@@ -199,7 +202,7 @@ def _refiner_class() -> type:
             self.seed.state.assign(self.first_seed)
             outside = problem.context.astype(np.float32).copy()
             outside[problem.window] = 0.0
-            pixels = float(problem.weight.sum())
+            rate, distortion = cost_weights(problem)
             values = [
                 (self.residual, problem.residual),
                 (self.means, problem.means),
@@ -208,9 +211,8 @@ def _refiner_class() -> type:
                 (self.target, problem.target),
                 (self.weight_map, problem.weight),
                 (self.gain, problem.gain),
-                (self.rate_scale, 1.0 / pixels),
-                # MSE is per value (3 per pixel), as in training
-                (self.distortion_scale, problem.lmbda * 255.0**2 / (3.0 * pixels)),
+                (self.rate_scale, rate),
+                (self.distortion_scale, distortion),
             ]
             for variable, value in values:
                 variable.assign(np.asarray(value, np.float32))
