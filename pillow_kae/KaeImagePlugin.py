@@ -132,10 +132,10 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         raise OSError(f"KAE header does not match model {header.model_name!r}")
     if header.tile_size > codec.MAX_TILE_SIZE:
         raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
-    restoration_filter = None
+    restoration_filters = None
     if kae.restoration is not None:
         try:
-            restoration_filter = restoration.RestorationFilter.unpack(kae.restoration)
+            restoration_filters = restoration.Restoration.unpack(kae.restoration)
         except ValueError as err:
             raise OSError(f"broken KAE file: {err}") from err
     rgb = codec.decode_image(
@@ -146,7 +146,7 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         header.step,
         header.tile_size,
         header.version,
-        restoration_filter,
+        restoration_filters,
     )
     if header.mode == "RGB":
         return rgb  # no copies: a 25 MP image is 72 MiB per copy
@@ -218,12 +218,12 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     model = loader.load(model_name)
     rgb = np.asarray(stored.convert("RGB"))
     payloads, y_hat = codec.encode_image_latents(model, rgb, gain_step, codec.TILE_SIZE, effort)
-    restoration_filter = (
+    restoration_filters = (
         codec.fit_restoration(model, rgb, y_hat, 8 * sum(map(len, payloads)))
         if im.encoderinfo.get("restore", True)
         else None
     )
-    version = codec.format_version(model, gain_step, restoration_filter)
+    version = codec.format_version(model, gain_step, restoration_filters)
     header = container.Header(
         width=im.width,
         height=im.height,
@@ -243,7 +243,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     kae = container.KaeFile(
         header,
         payloads,
-        restoration=None if restoration_filter is None else restoration_filter.pack(),
+        restoration=None if restoration_filters is None else restoration_filters.pack(),
         alpha=alpha,
         exif=exif,
         icc_profile=icc,

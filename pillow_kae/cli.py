@@ -37,7 +37,11 @@ from PIL import Image
 
 from pillow_kae import __version__, convert
 from pillow_kae import zoo as model_zoo
-from pillow_kae.container import COLOUR_RESTORATION_VERSION, RESTORATION_VERSION
+from pillow_kae.container import (
+    CASCADE_RESTORATION_VERSION,
+    COLOUR_RESTORATION_VERSION,
+    RESTORATION_VERSION,
+)
 from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY
 from pillow_kae.zoo import quality as quality_ladder
 
@@ -189,6 +193,7 @@ def _file_info(path: Path) -> dict:
 _VERSION_NOTES = {
     RESTORATION_VERSION: " (with a restoration filter)",
     COLOUR_RESTORATION_VERSION: " (with a restoration filter, shape 2)",
+    CASCADE_RESTORATION_VERSION: " (with restoration filters, shape 3)",
 }
 
 

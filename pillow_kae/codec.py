@@ -24,7 +24,8 @@ Version 3 is version 2 with y coded in channel slices (``_SliceContext``); versi
 either, at a gain step between whole steps (``fixed_point.scale_indices``); version 5 is
 4 plus a restoration filter (``pillow_kae.restoration``) that the encoder fits on what the
 decoder synthesises (``fit_restoration``) and the decoder applies to the pixels; version 6
-the same with the filter in shape 2 (colour terms and clipping). Version 1 files
+the same with the filter in shape 2 (colour terms and clipping), version 7 in shape 3 (wider
+colour terms, filters in a cascade). Version 1 files
 coded each tile on its own, pixels included (visible seams); they still decode. The
 seed-dense model codes 48x48 blocks in independent tiles in both versions.
 """
@@ -55,7 +56,7 @@ from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_MIN,
     scale_table,
 )
-from pillow_kae.restoration import HALO, RestorationFilter
+from pillow_kae.restoration import HALO, Restoration
 from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
@@ -538,14 +539,14 @@ def _synthesis_windows(
 
 def fit_restoration(
     model: CodecModel, pixels: np.ndarray, y_hat: np.ndarray | None, coded_bits: int
-) -> RestorationFilter | None:
-    """The restoration filter for ``pixels`` coded in ``coded_bits`` as ``y_hat`` (the
+) -> Restoration | None:
+    """The restoration filters for ``pixels`` coded in ``coded_bits`` as ``y_hat`` (the
     decoder's, from ``encode_image_latents``; None for seed-dense), or None if none pays.
 
     Fitted on exactly what the decoder will synthesise from ``y_hat``, in whole synthesis
     windows; beyond ``RESTORATION_FIT_PIXELS`` only on an even sample of them, so encode
-    time stays bounded on big photos. A window side inside the image gives up ``HALO``
-    pixels whose neighbours lie in the next window.
+    time stays bounded on big photos. Each further stage of a cascade is fitted on the
+    windows as the stages before it filtered them, while it pays.
     """
     if y_hat is None:
         return None
@@ -553,22 +554,58 @@ def fit_restoration(
     padded_w, padded_h = _round_up(width, model.pad_multiple), _round_up(height, model.pad_multiple)
     several = len(_windows(padded_w, padded_h, None)) > 1
     every = max(1, -(-padded_w * padded_h // RESTORATION_FIT_PIXELS)) if several else 1
-    fit = restoration.Fit()
-    for box, decoded in _synthesis_windows(model, y_hat, width, height, every=every):
-        left, top, right, bottom = box
-        # Image edges replicate, as the decoder's filter does; inner edges lose HALO pixels.
-        top_in, left_in, bottom_in, right_in = (
-            HALO if distance else 0 for distance in (top, left, height - bottom, width - right)
-        )
-        if bottom - top <= top_in + bottom_in or right - left <= left_in + right_in:
-            continue
-        block = np.pad(
-            decoded,
-            ((HALO - top_in, HALO - bottom_in), (HALO - left_in, HALO - right_in), (0, 0)),
-            mode="edge",
-        )
-        fit.add(block, pixels[top + top_in : bottom - bottom_in, left + left_in : right - right_in])
-    return fit.solve(coded_bits)
+    windows = list(_synthesis_windows(model, y_hat, width, height, every=every))
+    stages: list[restoration.RestorationFilter] = []
+    for _ in range(restoration.STAGES):
+        if stages:  # the next stage sees the windows as the stages before leave them
+            if len(stages) == stages[-1].shape.max_stages:
+                break
+            for _, window in windows:
+                restoration.apply(window, stages[-1])
+        fit = restoration.Fit((stages[-1].shape,) if stages else None)
+        for box, window in windows:
+            fit_block = _fit_block(box, window, pixels, len(stages))
+            if fit_block is not None:
+                fit.add(*fit_block)
+        found = fit.solve(coded_bits)
+        if found is None:
+            break
+        stages.append(found)
+    return Restoration(tuple(stages)) if stages else None
+
+
+def _fit_block(
+    box: tuple[int, int, int, int], window: np.ndarray, pixels: np.ndarray, stages: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A window's pixels after ``stages`` filters as a ``Fit`` block with its halo, and the
+    original pixels they stand for; None if too few are left.
+
+    Image edges replicate, as the decoder's filter does. At a side inside the image, each
+    stage filtered the window's last ``HALO`` pixels without their true neighbours, and the
+    next ``HALO`` pixels need theirs: those are not fitted on.
+    """
+    left, top, right, bottom = box
+    height, width = pixels.shape[:2]
+    top_in, left_in, bottom_in, right_in = (
+        (stages + 1) * HALO if distance else 0
+        for distance in (top, left, height - bottom, width - right)
+    )
+    if bottom - top <= top_in + bottom_in or right - left <= left_in + right_in:
+        return None
+    valid = window[
+        max(top_in - HALO, 0) : window.shape[0] - max(bottom_in - HALO, 0),
+        max(left_in - HALO, 0) : window.shape[1] - max(right_in - HALO, 0),
+    ]
+    block = np.pad(
+        valid,
+        (
+            (HALO - min(top_in, HALO), HALO - min(bottom_in, HALO)),
+            (HALO - min(left_in, HALO), HALO - min(right_in, HALO)),
+            (0, 0),
+        ),
+        mode="edge",
+    )
+    return block, pixels[top + top_in : bottom - bottom_in, left + left_in : right - right_in]
 
 
 def _decode_tile_v1(
@@ -667,14 +704,14 @@ def encode_image_latents(
 
 
 def format_version(
-    model: CodecModel, gain_step: float = 0, restoration_filter: RestorationFilter | None = None
+    model: CodecModel, gain_step: float = 0, restoration_filters: Restoration | None = None
 ) -> int:
     """The KHDR version of what ``encode_image`` writes with ``model`` at ``gain_step``: the
-    lowest that holds it (the filter shape's, 5 or 6, with a restoration filter; 4 for a
+    lowest that holds it (the filter shape's, 5 to 7, with restoration filters; 4 for a
     fraction of a step, else 3 for channel slices, else 2), so that files stay readable by
     the oldest decoder that can."""
-    if restoration_filter is not None:
-        return restoration_filter.shape.version
+    if restoration_filters is not None:
+        return restoration_filters.version
     if gain_step != int(gain_step):
         return FINE_GAIN_VERSION
     return CHANNEL_CONDITIONAL_VERSION if model.slices else FORMAT_VERSION
@@ -688,17 +725,17 @@ def decode_image(
     gain_step: float,
     tile_size: int,
     version: int,
-    restoration_filter: RestorationFilter | None = None,
+    restoration_filters: Restoration | None = None,
 ) -> np.ndarray:
     """The tiles' payloads -> (height, width, 3) uint8, as format ``version`` defines, then
-    ``restoration_filter`` (the file's ``KRST``, versions 5 and 6) applied in place."""
+    ``restoration_filters`` (the file's ``KRST``, versions 5 to 7) applied in place."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
-    if restoration_filter is not None and (
-        version != restoration_filter.shape.version or model.kind == "seed-dense"
+    if restoration_filters is not None and (
+        version != restoration_filters.version or model.kind == "seed-dense"
     ):
         raise TileDecodeError(
-            f"a shape {restoration_filter.shape.code} restoration filter in a version "
+            f"a shape {restoration_filters.shape.code} restoration filter in a version "
             f"{version} file"
         )
     fine = version >= FINE_GAIN_VERSION  # codes as the model does, slices or not
@@ -710,8 +747,8 @@ def decode_image(
     if model.kind != "seed-dense" and version >= 2:
         y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
         pixels = synthesis(model, y_hat, width, height)
-        if restoration_filter is not None:
-            restoration.apply(pixels, restoration_filter)
+        if restoration_filters is not None:
+            restoration_filters.apply(pixels)
         return pixels
     out = np.empty((height, width, 3), np.uint8)
     boxes = tiles(width, height, tile_size)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO
 
 __all__ = [
+    "CASCADE_RESTORATION_VERSION",
     "CHANNEL_CONDITIONAL_VERSION",
     "COLOUR_RESTORATION_VERSION",
     "FINE_GAIN_VERSION",
@@ -57,14 +58,16 @@ SIGNATURE = b"\x89KAE\r\n\x1a\n"
 #: (as the model codes), with the gain step in sixteenths of a step, for the rate points
 #: between whole steps; 5: as 4, plus a ``KRST`` chunk, the restoration filter the decoder
 #: applies to the pixels; 6: as 5, the filter in shape 2 (colour terms, clipping: the shape
-#: byte of ``KRST`` must match the version). Writers use the lowest version that can hold
-#: the file; readers accept all six.
+#: byte of ``KRST`` must match the version); 7: as 6, the filters in shape 3 (wider colour
+#: terms, up to four in a cascade). Writers use the lowest version that can hold the file;
+#: readers accept all seven.
 FORMAT_VERSION = 2
 CHANNEL_CONDITIONAL_VERSION = 3
 FINE_GAIN_VERSION = 4
 RESTORATION_VERSION = 5
 COLOUR_RESTORATION_VERSION = 6
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
+CASCADE_RESTORATION_VERSION = 7
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
@@ -288,7 +291,7 @@ class KaeFile:
 
     header: Header
     tiles: list[bytes]
-    restoration: bytes | None = None  # KRST data (versions 5, 6): pillow_kae.restoration parses it
+    restoration: bytes | None = None  # KRST data (versions 5-7): pillow_kae.restoration parses it
     alpha: bytes | None = None
     exif: bytes | None = None
     icc_profile: bytes | None = None

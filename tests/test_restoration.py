@@ -1,5 +1,5 @@
-"""The restoration filter (format versions 5 and 6): exact integer filtering, its bytes, its
-fit, and files that carry it."""
+"""The restoration filter (format versions 5 to 7): exact integer filtering, its bytes, its
+fit, cascades of filters, and files that carry them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import pytest
 from PIL import Image
 
 from pillow_kae import codec, container, restoration
-from pillow_kae.restoration import HALO, SHAPE_1, SHAPE_2, SHAPES, Fit, RestorationFilter, Shape
+from pillow_kae.restoration import (
+    HALO,
+    LATEST,
+    SHAPE_1,
+    SHAPE_2,
+    SHAPE_3,
+    SHAPES,
+    Fit,
+    Restoration,
+    RestorationFilter,
+    Shape,
+)
 from tests.conftest import SAMPLES, decode, encode, psnr, smooth_array
 
 BOTH = pytest.mark.parametrize("shape", SHAPES.values(), ids=lambda s: f"shape{s.code}")
@@ -133,12 +144,16 @@ def test_pack_round_trip(shape):
     assert again.clip == filt.clip
     assert np.array_equal(again.mapping, filt.mapping)
     assert np.array_equal(again.coefficients, filt.coefficients)
-    # Zigzag varints: coefficients below 64 in magnitude take one byte.
     mapping = np.zeros((1, shape.classes), np.uint8)
     small = RestorationFilter(
         (), mapping, np.full((3, 1, shape.coefficients), -64, np.int32), shape
     )
-    assert len(small.pack()) == 3 + shape.clipped + shape.classes + 3 * shape.coefficients
+    head = 3 + shape.clipped
+    if shape.compact:  # nibbles; the order, then Exp-Golomb codes: order 7 codes 127 in 8 bits
+        assert small.pack()[head + shape.classes // 2] == 7
+        assert len(small.pack()) == head + shape.classes // 2 + 1 + 3 * shape.coefficients
+    else:  # bytes; zigzag varints: coefficients below 64 in magnitude take one byte
+        assert len(small.pack()) == head + shape.classes + 3 * shape.coefficients
 
 
 ONE = 3 * SHAPE_1.coefficients  # coefficients of one filter
@@ -149,7 +164,7 @@ TWO = 3 * SHAPE_2.coefficients
     "data, message",
     [
         (b"", "truncated"),
-        (b"\x03\x01\x01" + bytes(3 + ONE), "shape 3"),
+        (b"\x04\x01\x01" + bytes(3 + ONE), "shape 4"),
         (b"\x00\x01\x01" + bytes(3 + ONE), "shape 0"),
         (b"\x01\x00\x01", "out of range"),
         (b"\x01\x11\x01", "out of range"),
@@ -169,6 +184,14 @@ TWO = 3 * SHAPE_2.coefficients
         (b"\x02\x01\x01\x00" + bytes(6 + TWO), "clip 0"),
         (b"\x02\x01\x01\x10" + bytes(3 + ONE), "truncated after"),  # shape 1's sizes
         (b"\x02\x01\x01\x10" + bytes(6 + TWO + 1), "after the coefficients"),
+        # Shape 3: six classes in three bytes of nibbles, the order, Exp-Golomb codes.
+        (b"\x03\x01\x01\x10" + bytes(3), "class map"),
+        (b"\x03\x01\x01\x10" + bytes(3) + b"\x10", "order 16"),
+        (b"\x03\x01\x01\x10" + bytes(3) + b"\x00" + b"\x80", "truncated after 1 of"),
+        (b"\x03\x01\x01\x10" + bytes(3) + b"\x00" + bytes(2) + b"\x01", "too long"),
+        (b"\x03\x01\x01\x10" + bytes(3) + b"\x00" + b"\xff" * 10 + b"\xe0", "after 83 of"),
+        (b"\x03\x01\x01\x10" + bytes(3) + b"\x00" + b"\xff" * 10 + b"\xf8", "padding is not"),
+        (b"\x03\x01\x01\x10" + bytes(3) + b"\x00" + b"\xff" * 10 + b"\xf0\x00", "1 bytes after"),
     ],
 )
 def test_unpack_refuses_malformed(data, message):
@@ -200,14 +223,14 @@ def test_fit_undoes_a_known_degradation(shape):
     assert fit.solve(file_bits=100) is None
 
 
-@pytest.mark.parametrize("file_bits", [3e3, 1e4, 1e5])
+@pytest.mark.parametrize("file_bits", [2e3, 1e4, 1e5])
 def test_small_images_keep_the_shape_that_pays_more(monkeypatch, file_bits):
     """Up to SMALL_IMAGE_PIXELS the encoder weighs both shapes and keeps the one worth more
     (shape 1's fewer coefficients win on small files); above, only the latest."""
     original, decoded = degraded(seed=1)
     fit = Fit()
     fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
-    values = {shape: fit._solve(shape, file_bits)[1] for shape in (SHAPE_1, SHAPE_2)}
+    values = {shape: fit._solve(shape, file_bits)[1] for shape in (SHAPE_1, LATEST)}
     chosen = fit.solve(file_bits)
     if max(values.values()) <= 0:
         assert chosen is None
@@ -215,7 +238,7 @@ def test_small_images_keep_the_shape_that_pays_more(monkeypatch, file_bits):
         assert chosen.shape is max(values, key=values.get)
     monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 100)
     big = fit.solve(file_bits)
-    assert big is None if values[SHAPE_2] <= 0 else big.shape is SHAPE_2
+    assert big is None if values[LATEST] <= 0 else big.shape is LATEST
 
 
 def test_the_choice_of_shape_is_not_constant():
@@ -223,7 +246,7 @@ def test_the_choice_of_shape_is_not_constant():
     original, decoded = degraded(seed=1)
     fit = Fit()
     fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
-    assert {fit.solve(bits).shape for bits in (3e3, 1e5)} == {SHAPE_1, SHAPE_2}
+    assert {fit.solve(bits).shape for bits in (2e3, 1e5)} == {SHAPE_1, LATEST}
 
 
 def photo(width: int = 160, height: int = 128) -> Image.Image:
@@ -232,12 +255,12 @@ def photo(width: int = 160, height: int = 128) -> Image.Image:
 
 
 def test_files_carry_the_filter_and_decode_closer(monkeypatch):
-    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # as on a big photo: shape 2
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # as on a big photo: shape 3
     image = photo()
     with_filter, without = encode(image, quality=62), encode(image, quality=62, restore=False)
     kae = container.read(io.BytesIO(with_filter))
-    assert kae.header.version == container.COLOUR_RESTORATION_VERSION
-    assert kae.restoration is not None and kae.restoration[0] == SHAPE_2.code
+    assert kae.header.version == container.CASCADE_RESTORATION_VERSION
+    assert kae.restoration is not None and kae.restoration[0] == SHAPE_3.code
     plain = container.read(io.BytesIO(without))
     assert plain.restoration is None and plain.header.version < container.RESTORATION_VERSION
     assert kae.tiles == plain.tiles  # the filter changes nothing before the pixels
@@ -245,8 +268,66 @@ def test_files_carry_the_filter_and_decode_closer(monkeypatch):
     filtered, unfiltered = np.asarray(decode(with_filter)), np.asarray(decode(without))
     assert psnr(filtered, source) > psnr(unfiltered, source)
     expected = unfiltered.copy()
-    restoration.apply(expected, RestorationFilter.unpack(kae.restoration))
+    Restoration.unpack(kae.restoration).apply(expected)
     assert np.array_equal(filtered, expected)
+
+
+def test_a_cascade_decodes_stage_after_stage():
+    """A version 7 file's filters apply one after another, each to the output of the one
+    before (not each to the decoded pixels)."""
+    image = photo()
+    plain = container.read(io.BytesIO(encode(image, quality=62, restore=False)))
+    unfiltered = np.asarray(decode(container.dumps(plain)))
+    first, second = (random_filter(unfiltered, 4, 3, seed, SHAPE_3) for seed in (5, 6))
+    cascade = Restoration((first, second))
+    again = Restoration.unpack(cascade.pack())
+    assert len(again.stages) == 2 and again.pack() == cascade.pack()
+    header = container.Header(**{**plain.header.__dict__, "version": cascade.version})
+    data = container.dumps(container.KaeFile(header, plain.tiles, restoration=cascade.pack()))
+    expected = unfiltered.copy()
+    restoration.apply(expected, first)
+    only_first = expected.copy()
+    restoration.apply(expected, second)
+    assert np.array_equal(np.asarray(decode(data)), expected)
+    assert not np.array_equal(expected, only_first)
+
+
+def test_each_stage_is_fitted_on_what_the_decoder_filters(monkeypatch):
+    """On a photo coded in several synthesis windows, the second stage is fitted on the
+    first stage's output exactly as the decoder computes it over the whole image: a
+    window's border pixels, filtered without their neighbours, are left out."""
+    image = photo(320, 256)
+    monkeypatch.setattr(codec, "SINGLE_PASS_PIXELS", 64 * 64)
+    monkeypatch.setattr(codec, "TRANSFORM_WINDOW", 128)
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)
+    blocks = []
+    fit_block = codec._fit_block
+
+    def record(box, window, pixels, stages):
+        found = fit_block(box, window, pixels, stages)
+        blocks.append((box, stages, found))
+        return found
+
+    monkeypatch.setattr(codec, "_fit_block", record)
+    data = encode(image, quality=62)
+    kae = container.read(io.BytesIO(data))
+    first = Restoration.unpack(kae.restoration).stages[0]
+    unfiltered = np.asarray(decode(encode(image, quality=62, restore=False)))
+    after_first = unfiltered.copy()
+    restoration.apply(after_first, first)
+    padded = np.pad(after_first, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
+    second = [(box, found) for box, stages, found in blocks if stages == 1]
+    assert len(second) == 6  # all 3x2 windows of 128 pixels
+    source = np.asarray(image)
+    for (left, top, right, bottom), (block, original) in second:
+        # 2 HALO pixels lost at each side inside the image, none at the image's edges
+        y0 = top + (2 * HALO if top else 0)
+        x0 = left + (2 * HALO if left else 0)
+        h, w = original.shape[:2]
+        assert bottom - y0 - h == (2 * HALO if bottom < image.height else 0)
+        assert right - x0 - w == (2 * HALO if right < image.width else 0)
+        assert np.array_equal(original, source[y0 : y0 + h, x0 : x0 + w])
+        assert np.array_equal(block, padded[y0 : y0 + h + 2 * HALO, x0 : x0 + w + 2 * HALO])
 
 
 def test_fit_on_a_sample_of_windows(monkeypatch):
@@ -255,6 +336,7 @@ def test_fit_on_a_sample_of_windows(monkeypatch):
     monkeypatch.setattr(codec, "SINGLE_PASS_PIXELS", 64 * 64)
     monkeypatch.setattr(codec, "TRANSFORM_WINDOW", 128)
     monkeypatch.setattr(codec, "RESTORATION_FIT_PIXELS", 2 * 128 * 128)
+    monkeypatch.setattr(restoration, "STAGES", 1)
     seen = []
     add = Fit.add
     monkeypatch.setattr(Fit, "add", lambda self, b, o: seen.append(o.shape) or add(self, b, o))
@@ -268,9 +350,10 @@ def test_fit_on_a_sample_of_windows(monkeypatch):
 
 
 def test_restoration_chunk_rules(monkeypatch):
-    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # a version 6 file
+    monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # a version 7 file
     data = encode(photo(), quality=62)
     kae = container.read(io.BytesIO(data))
+    assert kae.header.version == container.CASCADE_RESTORATION_VERSION
     old = container.Header(**{**kae.header.__dict__, "version": container.FINE_GAIN_VERSION})
     with pytest.raises(container.KaeFormatError, match="version 5"):
         container.dumps(container.KaeFile(old, kae.tiles, restoration=kae.restoration))
@@ -290,39 +373,62 @@ def test_restoration_chunk_rules(monkeypatch):
     bad = container._chunk(container.KRST, b"\x01\x01\x01" + bytes(5))
     with pytest.raises(OSError, match=r"broken KAE file.*truncated after"):
         decode(container.SIGNATURE + head + bad + tiles + end)
-    # Each shape belongs to its version: a version 6 file with a shape 1 filter is broken.
+    # Each shape belongs to its version: a version 7 file with a shape 1 filter is broken.
     shape_1 = RestorationFilter(
         (), np.zeros((1, 3), np.uint8), np.zeros((3, 1, SHAPE_1.coefficients), np.int32), SHAPE_1
     )
     wrong = container._chunk(container.KRST, shape_1.pack())
-    with pytest.raises(OSError, match="shape 1 restoration filter in a version 6 file"):
+    with pytest.raises(OSError, match="shape 1 restoration filter in a version 7 file"):
         decode(container.SIGNATURE + head + wrong + tiles + end)
 
 
-def test_version_5_files_still_decode(monkeypatch):
-    """A file of the previous release (version 5, a shape 1 filter) decodes as it did: its
-    pixels, then its filter; a shape 2 filter in a version 5 file is refused."""
+def zero_filter(shape: Shape) -> RestorationFilter:
+    mapping = np.zeros((1, shape.classes), np.uint8)
+    return RestorationFilter((), mapping, np.zeros((3, 1, shape.coefficients), np.int32), shape)
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ((SHAPE_2, SHAPE_2), "bytes after the coefficients"),  # shapes 1 and 2 do not cascade
+        ((SHAPE_3,) * 5, "bytes after the coefficients"),  # at most four
+        ((SHAPE_3, SHAPE_2), "one shape"),
+    ],
+)
+def test_cascades_keep_to_their_shape(records, message):
+    data = b"".join(zero_filter(shape).pack() for shape in records)
+    with pytest.raises(ValueError, match=message):
+        Restoration.unpack(data)
+    assert len(Restoration.unpack(zero_filter(SHAPE_3).pack() * 4).stages) == 4
+
+
+@pytest.mark.parametrize("shape", [SHAPE_1, SHAPE_2], ids=lambda s: f"shape{s.code}")
+def test_older_versions_still_decode(monkeypatch, shape):
+    """A file of an earlier release (version 5 with a shape 1 filter, version 6 with shape 2)
+    decodes as it did: its pixels, then its filter; today's shape 3 in such a file is
+    refused."""
     image = photo()
     plain = container.read(io.BytesIO(encode(image, quality=62, restore=False)))
     unfiltered = np.asarray(decode(container.dumps(plain)))
-    fit = Fit((SHAPE_1,))
+    fit = Fit((shape,))
     fit.add(
         np.pad(unfiltered, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), np.asarray(image)
     )
     filt = fit.solve(file_bits=1e6)
-    assert filt is not None and filt.shape is SHAPE_1
-    header = container.Header(**{**plain.header.__dict__, "version": container.RESTORATION_VERSION})
+    assert filt is not None and filt.shape is shape
+    header = container.Header(**{**plain.header.__dict__, "version": shape.version})
     old = container.dumps(container.KaeFile(header, plain.tiles, restoration=filt.pack()))
-    assert old[16] == 5 and container.read(io.BytesIO(old)).restoration[0] == SHAPE_1.code
+    assert old[16] == shape.version
+    assert container.read(io.BytesIO(old)).restoration[0] == shape.code
     expected = unfiltered.copy()
     restoration.apply(expected, filt)
     assert np.array_equal(np.asarray(decode(old)), expected)
     assert not np.array_equal(expected, unfiltered)
     monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)
     newer = container.read(io.BytesIO(encode(image, quality=62))).restoration
-    assert newer[0] == SHAPE_2.code
+    assert newer[0] == SHAPE_3.code
     forged = container.dumps(container.KaeFile(header, plain.tiles, restoration=newer))
-    with pytest.raises(OSError, match="shape 2 restoration filter in a version 5 file"):
+    with pytest.raises(OSError, match=f"shape 3 restoration filter in a version {shape.version}"):
         decode(forged)
 
 
