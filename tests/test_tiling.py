@@ -93,6 +93,7 @@ def test_no_seams_at_tile_boundaries(smooth, kae_encode, kae_decode, monkeypatch
         container.FINE_GAIN_VERSION,
         container.RESTORATION_VERSION,
         container.COLOUR_RESTORATION_VERSION,
+        container.CASCADE_RESTORATION_VERSION,
     )
     decoded = np.asarray(kae_decode(data))
     columns = boundary_scores(original, decoded)
@@ -156,6 +157,6 @@ def test_version_3_naming_a_model_without_slices_is_refused(small_rgb, kae_encod
 def test_unknown_version_is_refused(small_kae):
     kae = container.read(io.BytesIO(small_kae))
     packed = bytearray(kae.header.pack())
-    packed[0] = 7
-    with pytest.raises(container.KaeFormatError, match="version 7"):
+    packed[0] = 8
+    with pytest.raises(container.KaeFormatError, match="version 8"):
         container.Header.unpack(bytes(packed))
