@@ -7,8 +7,9 @@ Each image is saved at every anchor of the default quality ladder with ``restore
 and decoded: the pixels any decoder sees before the filter. Those are cached (``--cache``),
 so a later run, or a change to the fit, costs only the fits. Then each shape of
 ``pillow_kae.restoration`` is fitted on them as the encoder fits it (the whole image, its
-edges replicated; the same bits to pay for), alone and as the encoder chooses (``Fit()``:
-the latest shape, and on small images also shape 1), and applied. Bytes count the file
+edges replicated; the same bits to pay for), one filter alone, and the encoder's own
+``fit_cascade`` (the latest shape, and on small images also shape 1; then further filters
+on its output while they pay), and applied. Bytes count the file
 without a filter plus the ``KRST`` chunk (12 bytes of chunk framing and the filter's);
 PSNR on RGB, means per image. Prints each curve and the BD-rates between them (PCHIP, as
 ``kae bench``); images above 2 MP are fitted whole here, where the encoder samples windows.
@@ -68,33 +69,31 @@ def unfiltered(path: Path, cache: Path) -> dict[str, np.ndarray]:
     return result
 
 
-def variants() -> dict[str, tuple[restoration.Shape, ...] | None]:
-    """Each shape alone, then the encoder's own choice."""
-    shapes = {f"shape {code}": (shape,) for code, shape in restoration.SHAPES.items()}
-    return shapes | {"encoder": None}
-
-
 def measure(data: dict[str, np.ndarray]) -> dict[str, list[tuple[float, float]]]:
     """Per variant (and "none"), the (bpp, PSNR) of each anchor quality on one image."""
     original = data["original"]
-    pixels = original.shape[0] * original.shape[1]
+    height, width = original.shape[:2]
     halo = restoration.HALO
     curves: dict[str, list[tuple[float, float]]] = {"none": []}
     for decoded, size, bits in zip(data["decoded"], data["sizes"], data["bits"], strict=True):
-        curves["none"].append((8 * size / pixels, psnr(decoded, original)))
+        curves["none"].append((8 * size / (height * width), psnr(decoded, original)))
         block = np.pad(decoded, ((halo, halo), (halo, halo), (0, 0)), mode="edge")
-        for name, shapes in variants().items():
-            if shapes is None and pixels > restoration.SMALL_IMAGE_PIXELS:
-                curves.setdefault(name, []).append(curves[f"shape {restoration.LATEST.code}"][-1])
-                continue  # the encoder fits the latest shape alone: the same filter
-            fit = restoration.Fit(shapes)
+        found: dict[str, restoration.Restoration | None] = {}
+        for code, shape in restoration.SHAPES.items():
+            fit = restoration.Fit((shape,))
             fit.add(block, original)
-            found = fit.solve(float(bits))
+            one = fit.solve(float(bits))
+            found[f"shape {code}"] = None if one is None else restoration.Restoration((one,))
+        window = [((0, 0, width, height), decoded.copy())]
+        found["encoder"] = restoration.fit_cascade(window, original, float(bits))
+        for name, filters in found.items():
             out, extra = decoded.copy(), 0
-            if found is not None:
-                restoration.apply(out, found)
-                extra = CHUNK + len(found.pack())
-            curves.setdefault(name, []).append((8 * (size + extra) / pixels, psnr(out, original)))
+            if filters is not None:
+                filters.apply(out)
+                extra = CHUNK + len(filters.pack())
+            curves.setdefault(name, []).append(
+                (8 * (size + extra) / (height * width), psnr(out, original))
+            )
     return curves
 
 
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{test} vs {anchor}": bd_rate(envelope(mean[anchor]), envelope(mean[test]))
         for anchor in names
         for test in names
-        if anchor != test and anchor in ("none", "shape 1")
+        if anchor != test and anchor in ("none", "shape 2")
     }
     print("\nBD-rate at equal PSNR (bpp / PSNR means above):")
     for pair, value in bd.items():

@@ -56,7 +56,7 @@ from pillow_kae.entropy_models.gaussian_conditional import (
     SCALE_MIN,
     scale_table,
 )
-from pillow_kae.restoration import HALO, Restoration
+from pillow_kae.restoration import Restoration
 from pillow_kae.zoo.loader import CodecModel
 
 TILE_SIZE = 1024
@@ -545,8 +545,7 @@ def fit_restoration(
 
     Fitted on exactly what the decoder will synthesise from ``y_hat``, in whole synthesis
     windows; beyond ``RESTORATION_FIT_PIXELS`` only on an even sample of them, so encode
-    time stays bounded on big photos. Each further stage of a cascade is fitted on the
-    windows as the stages before it filtered them, while it pays.
+    time stays bounded on big photos.
     """
     if y_hat is None:
         return None
@@ -555,57 +554,7 @@ def fit_restoration(
     several = len(_windows(padded_w, padded_h, None)) > 1
     every = max(1, -(-padded_w * padded_h // RESTORATION_FIT_PIXELS)) if several else 1
     windows = list(_synthesis_windows(model, y_hat, width, height, every=every))
-    stages: list[restoration.RestorationFilter] = []
-    for _ in range(restoration.STAGES):
-        if stages:  # the next stage sees the windows as the stages before leave them
-            if len(stages) == stages[-1].shape.max_stages:
-                break
-            for _, window in windows:
-                restoration.apply(window, stages[-1])
-        fit = restoration.Fit((stages[-1].shape,) if stages else None)
-        for box, window in windows:
-            fit_block = _fit_block(box, window, pixels, len(stages))
-            if fit_block is not None:
-                fit.add(*fit_block)
-        found = fit.solve(coded_bits)
-        if found is None:
-            break
-        stages.append(found)
-    return Restoration(tuple(stages)) if stages else None
-
-
-def _fit_block(
-    box: tuple[int, int, int, int], window: np.ndarray, pixels: np.ndarray, stages: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """A window's pixels after ``stages`` filters as a ``Fit`` block with its halo, and the
-    original pixels they stand for; None if too few are left.
-
-    Image edges replicate, as the decoder's filter does. At a side inside the image, each
-    stage filtered the window's last ``HALO`` pixels without their true neighbours, and the
-    next ``HALO`` pixels need theirs: those are not fitted on.
-    """
-    left, top, right, bottom = box
-    height, width = pixels.shape[:2]
-    top_in, left_in, bottom_in, right_in = (
-        (stages + 1) * HALO if distance else 0
-        for distance in (top, left, height - bottom, width - right)
-    )
-    if bottom - top <= top_in + bottom_in or right - left <= left_in + right_in:
-        return None
-    valid = window[
-        max(top_in - HALO, 0) : window.shape[0] - max(bottom_in - HALO, 0),
-        max(left_in - HALO, 0) : window.shape[1] - max(right_in - HALO, 0),
-    ]
-    block = np.pad(
-        valid,
-        (
-            (HALO - min(top_in, HALO), HALO - min(bottom_in, HALO)),
-            (HALO - min(left_in, HALO), HALO - min(right_in, HALO)),
-            (0, 0),
-        ),
-        mode="edge",
-    )
-    return block, pixels[top + top_in : bottom - bottom_in, left + left_in : right - right_in]
+    return restoration.fit_cascade(windows, pixels, coded_bits)
 
 
 def _decode_tile_v1(

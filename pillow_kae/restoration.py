@@ -52,6 +52,7 @@ __all__ = [
     "activity",
     "apply",
     "classes",
+    "fit_cascade",
 ]
 
 #: Offsets (row, column) of one half of the point-symmetric 5x5 diamond; the other half mirrors.
@@ -778,3 +779,68 @@ def _as_filter(
         shape,
         clip,
     )
+
+
+def fit_cascade(
+    windows: list[tuple[tuple[int, int, int, int], np.ndarray]],
+    original: np.ndarray,
+    coded_bits: float,
+) -> Restoration | None:
+    """The filters for an image of ``original`` (h, w, 3) pixels whose decoded pixels are
+    ``windows`` ((left, top, right, bottom) box, (h, w, 3) uint8: the whole image, or a
+    sample of windows of it), coded in ``coded_bits``; None if none pays.
+
+    Each further stage of the cascade is fitted on the windows as the stages before it
+    filtered them (in place), while it pays, up to ``STAGES``.
+    """
+    stages: list[RestorationFilter] = []
+    for _ in range(STAGES):
+        if stages:  # the next stage sees the windows as the stages before leave them
+            if len(stages) == stages[-1].shape.max_stages:
+                break
+            for _, window in windows:
+                apply(window, stages[-1])
+        fit = Fit((stages[-1].shape,) if stages else None)
+        for box, window in windows:
+            block = _window_block(box, window, original, len(stages))
+            if block is not None:
+                fit.add(*block)
+        found = fit.solve(coded_bits)
+        if found is None:
+            break
+        stages.append(found)
+    return Restoration(tuple(stages)) if stages else None
+
+
+def _window_block(
+    box: tuple[int, int, int, int], window: np.ndarray, original: np.ndarray, stages: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A window's pixels after ``stages`` filters as a ``Fit`` block with its halo, and the
+    original pixels they stand for; None if too few are left.
+
+    Image edges replicate, as the decoder's filter does. At a side inside the image, each
+    stage filtered the window's last ``HALO`` pixels without their true neighbours, and the
+    next ``HALO`` pixels need theirs: those are not fitted on.
+    """
+    left, top, right, bottom = box
+    height, width = original.shape[:2]
+    top_in, left_in, bottom_in, right_in = (
+        (stages + 1) * HALO if distance else 0
+        for distance in (top, left, height - bottom, width - right)
+    )
+    if bottom - top <= top_in + bottom_in or right - left <= left_in + right_in:
+        return None
+    valid = window[
+        max(top_in - HALO, 0) : window.shape[0] - max(bottom_in - HALO, 0),
+        max(left_in - HALO, 0) : window.shape[1] - max(right_in - HALO, 0),
+    ]
+    block = np.pad(
+        valid,
+        (
+            (HALO - min(top_in, HALO), HALO - min(bottom_in, HALO)),
+            (HALO - min(left_in, HALO), HALO - min(right_in, HALO)),
+            (0, 0),
+        ),
+        mode="edge",
+    )
+    return block, original[top + top_in : bottom - bottom_in, left + left_in : right - right_in]

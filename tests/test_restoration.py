@@ -301,14 +301,14 @@ def test_each_stage_is_fitted_on_what_the_decoder_filters(monkeypatch):
     monkeypatch.setattr(codec, "TRANSFORM_WINDOW", 128)
     monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)
     blocks = []
-    fit_block = codec._fit_block
+    window_block = restoration._window_block
 
     def record(box, window, pixels, stages):
-        found = fit_block(box, window, pixels, stages)
+        found = window_block(box, window, pixels, stages)
         blocks.append((box, stages, found))
         return found
 
-    monkeypatch.setattr(codec, "_fit_block", record)
+    monkeypatch.setattr(restoration, "_window_block", record)
     data = encode(image, quality=62)
     kae = container.read(io.BytesIO(data))
     first = Restoration.unpack(kae.restoration).stages[0]
