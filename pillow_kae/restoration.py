@@ -53,6 +53,7 @@ __all__ = [
     "apply",
     "classes",
     "fit_cascade",
+    "rate_per_db",
 ]
 
 #: Offsets (row, column) of one half of the point-symmetric 5x5 diamond; the other half mirrors.
@@ -79,10 +80,6 @@ MAX_GOLOMB_ORDER = 15  # Exp-Golomb orders of compact shapes' coefficients
 MAX_GOLOMB_ZEROS = 12
 #: The clips the encoder tries: none, then tighter ones that stop edges leaking.
 CLIPS = (NO_CLIP, 32, 16)
-#: What one dB of PSNR is worth, as a fraction of the file's bits: along the quality ladder
-#: the rate grows about 20-25 % per dB (Kodak), so a filter whose side information costs more
-#: than that share of its gain does not pay.
-RATE_PER_DB = 0.2
 #: Pixels the fit needs per filter: coefficients fitted on fewer would fit the noise.
 PIXELS_PER_FILTER = 1024
 #: Pixels per class the fit asks for on average: a small image gets fewer activity bins, so
@@ -597,6 +594,15 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
             pixels[top:bottom, :, c] = np.clip(own + rounded, 0, 255)
 
 
+def rate_per_db(bpp: float) -> float:
+    """What one dB of PSNR is worth, as a fraction of a file's bits, at ``bpp``: the slope of
+    the quality ladder, d ln(bits) / d PSNR, which falls as the rate rises (on Kodak, 2026-12-03:
+    0.33-0.35 up to 0.34 bpp, 0.23-0.25 around 0.6 bpp, 0.14-0.16 from 1.2 bpp up), as a line
+    in log2 of the rate. A filter whose side information costs more than that share of the
+    bits its gain is worth does not pay."""
+    return float(np.clip(0.24 - 0.1 * np.log2(max(bpp, 1e-9) / 0.6), 0.14, 0.35))
+
+
 class Fit:
     """Least-squares statistics of decoded pixels against the original, then the filter.
 
@@ -616,19 +622,21 @@ class Fit:
         """``block``: decoded (h + 2 HALO, w + 2 HALO, 3) uint8; ``original``: (h, w, 3)."""
         self._blocks.append((block, original))
 
-    def solve(self, file_bits: float) -> RestorationFilter | None:
-        """The filter with the best gain net of its side bits, valued at ``RATE_PER_DB`` of
-        ``file_bits`` per dB; None if no filter pays."""
+    def solve(self, file_bits: float, image_pixels: int | None = None) -> RestorationFilter | None:
+        """The filter with the best gain net of its side bits for a file of ``file_bits`` over
+        ``image_pixels`` (by default the pixels added), a dB valued at ``rate_per_db`` of the
+        file's bits; None if no filter pays."""
         pixels = sum(original.shape[0] * original.shape[1] for _, original in self._blocks)
+        bits_per_db = rate_per_db(file_bits / (image_pixels or max(pixels, 1))) * file_bits
         shapes = self.shapes or ((LATEST, SHAPE_1) if pixels <= SMALL_IMAGE_PIXELS else (LATEST,))
         best, best_value = None, 0.0
         for shape in shapes if pixels >= PIXELS_PER_FILTER else ():  # else no filter pays
-            found, value = self._solve(shape, file_bits)
+            found, value = self._solve(shape, bits_per_db)
             if value > best_value:
                 best, best_value = found, value
         return best
 
-    def _solve(self, shape: Shape, file_bits: float) -> tuple[RestorationFilter | None, float]:
+    def _solve(self, shape: Shape, bits_per_db: float) -> tuple[RestorationFilter | None, float]:
         kinds = [_kinds(block, shape) for block, _ in self._blocks]
         levels = np.concatenate([level for level, _ in kinds])
         bins = min(FIT_BINS, max(1, len(levels) // (PIXELS_PER_CLASS * shape.classes)))
@@ -643,7 +651,7 @@ class Fit:
             removed = [_solve(n, r)[1].sum() for n, r in zip(normals, rights, strict=True)]
             clip = CLIPS[int(np.argmax(removed))]
         (normal,), (right,), error = self._statistics(shape, which, fine, (clip,), 1)
-        return _merge(thresholds, normal, right, error, file_bits, len(levels), shape, clip)
+        return _merge(thresholds, normal, right, error, bits_per_db, len(levels), shape, clip)
 
     def _statistics(
         self,
@@ -715,7 +723,7 @@ def _merge(
     normal: np.ndarray,
     right: np.ndarray,
     error: float,
-    file_bits: float,
+    bits_per_db: float,
     pixels: int,
     shape: Shape,
     clip: int,
@@ -735,7 +743,7 @@ def _merge(
         if len(groups) <= MAX_FILTERS and enough and 0 < removed.sum() < error:
             candidate = _as_filter(thresholds, groups, a, b, shape, clip)
             gain_db = 10 * np.log10(error / (error - removed.sum()))
-            value = RATE_PER_DB * file_bits * gain_db - 8 * (len(candidate.pack()) + 12)
+            value = bits_per_db * gain_db - 8 * (len(candidate.pack()) + 12)
             if value > best_value:
                 best, best_value = candidate, value
         if len(groups) == 1:
@@ -805,7 +813,7 @@ def fit_cascade(
             block = _window_block(box, window, original, len(stages))
             if block is not None:
                 fit.add(*block)
-        found = fit.solve(coded_bits)
+        found = fit.solve(coded_bits, original.shape[0] * original.shape[1])
         if found is None:
             break
         stages.append(found)

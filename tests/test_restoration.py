@@ -224,14 +224,15 @@ def test_fit_undoes_a_known_degradation(shape):
     assert fit.solve(file_bits=100) is None
 
 
-@pytest.mark.parametrize("file_bits", [2e3, 1e4, 1e5])
+@pytest.mark.parametrize("file_bits", [7e2, 1e3, 1e4, 1e5])
 def test_small_images_keep_the_shape_that_pays_more(monkeypatch, file_bits):
     """Up to SMALL_IMAGE_PIXELS the encoder weighs both shapes and keeps the one worth more
     (shape 1's fewer coefficients win on small files); above, only the latest."""
     original, decoded = degraded(seed=1)
     fit = Fit()
     fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
-    values = {shape: fit._solve(shape, file_bits)[1] for shape in (SHAPE_1, LATEST)}
+    bits_per_db = restoration.rate_per_db(file_bits / original[..., 0].size) * file_bits
+    values = {shape: fit._solve(shape, bits_per_db)[1] for shape in (SHAPE_1, LATEST)}
     chosen = fit.solve(file_bits)
     if max(values.values()) <= 0:
         assert chosen is None
@@ -247,7 +248,7 @@ def test_the_choice_of_shape_is_not_constant():
     original, decoded = degraded(seed=1)
     fit = Fit()
     fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
-    assert {fit.solve(bits).shape for bits in (2e3, 1e5)} == {SHAPE_1, LATEST}
+    assert {fit.solve(bits).shape for bits in (7e2, 1e5)} == {SHAPE_1, LATEST}
 
 
 def photo(width: int = 160, height: int = 128) -> Image.Image:
@@ -258,7 +259,7 @@ def photo(width: int = 160, height: int = 128) -> Image.Image:
 def test_files_carry_the_filter_and_decode_closer(monkeypatch):
     monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # as on a big photo: shape 3
     image = photo()
-    with_filter, without = encode(image, quality=62), encode(image, quality=62, restore=False)
+    with_filter, without = encode(image, quality=75), encode(image, quality=75, restore=False)
     kae = container.read(io.BytesIO(with_filter))
     assert kae.header.version == container.CASCADE_RESTORATION_VERSION
     assert kae.restoration is not None and kae.restoration[0] == SHAPE_3.code
@@ -277,7 +278,7 @@ def test_a_cascade_decodes_stage_after_stage():
     """A version 7 file's filters apply one after another, each to the output of the one
     before (not each to the decoded pixels)."""
     image = photo()
-    plain = container.read(io.BytesIO(encode(image, quality=62, restore=False)))
+    plain = container.read(io.BytesIO(encode(image, quality=75, restore=False)))
     unfiltered = np.asarray(decode(container.dumps(plain)))
     first, second = (random_filter(unfiltered, 4, 3, seed, SHAPE_3) for seed in (5, 6))
     cascade = Restoration((first, second))
@@ -352,7 +353,7 @@ def test_fit_on_a_sample_of_windows(monkeypatch):
 
 def test_restoration_chunk_rules(monkeypatch):
     monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)  # a version 7 file
-    data = encode(photo(), quality=62)
+    data = encode(photo(), quality=75)
     kae = container.read(io.BytesIO(data))
     assert kae.header.version == container.CASCADE_RESTORATION_VERSION
     old = container.Header(**{**kae.header.__dict__, "version": container.FINE_GAIN_VERSION})
@@ -409,7 +410,7 @@ def test_older_versions_still_decode(monkeypatch, shape):
     decodes as it did: its pixels, then its filter; today's shape 3 in such a file is
     refused."""
     image = photo()
-    plain = container.read(io.BytesIO(encode(image, quality=62, restore=False)))
+    plain = container.read(io.BytesIO(encode(image, quality=75, restore=False)))
     unfiltered = np.asarray(decode(container.dumps(plain)))
     fit = Fit((shape,))
     fit.add(
@@ -426,7 +427,7 @@ def test_older_versions_still_decode(monkeypatch, shape):
     assert np.array_equal(np.asarray(decode(old)), expected)
     assert not np.array_equal(expected, unfiltered)
     monkeypatch.setattr(restoration, "SMALL_IMAGE_PIXELS", 0)
-    newer = container.read(io.BytesIO(encode(image, quality=62))).restoration
+    newer = container.read(io.BytesIO(encode(image, quality=75))).restoration
     assert newer[0] == SHAPE_3.code
     forged = container.dumps(container.KaeFile(header, plain.tiles, restoration=newer))
     with pytest.raises(OSError, match=f"shape 3 restoration filter in a version {shape.version}"):
