@@ -153,7 +153,7 @@ SHAPE_2 = Shape(
     clipped=True,
 )
 #: Format version 7: shape 2 with the second differences of the two other channels at the
-#: three nearest pixels on each axis (not one), and up to ``MAX_STAGES`` filters in a cascade,
+#: three nearest pixels on each axis (not one), and up to four filters in a cascade,
 #: each fitted on the output of the ones before: the second filter classifies the first's
 #: output afresh and reaches twice as far. On the same decoded pixels of every third Kodak
 #: image (``python -m benchmarks.restoration --every 3``): shape 3 alone -0.68 % bits at
@@ -680,24 +680,23 @@ class Fit:
             error += float(np.sum(target * target))
             sampled = _differences_at(block, shape, positions) if every > 1 else None
             for clip, normal, right in zip(clips, normals, rights, strict=True):
-                if sampled is None:  # every pixel: the inputs over the block, class by class
-                    inputs = _all_inputs(*_tap_sums(block, shape, clip), shape, np.float32)
-                else:  # a sample: the differences at its pixels alone, clipped
-                    inputs = _all_inputs(sampled[0], _clipped_sum(*sampled[1:], clip), shape)
-                    positions_in = np.arange(len(positions))
-                inputs = inputs.T  # a pixel's inputs side by side: one gather per pixel
+                if sampled is None:  # every pixel: the inputs over the block, in raster order
+                    inputs = _all_inputs(*_tap_sums(block, shape, clip), shape, np.float32).T
+                else:  # a sample: the differences at its pixels alone, already in class order
+                    inputs = _all_inputs(sampled[0], _clipped_sum(*sampled[1:], clip), shape).T
                 for k in range(fine):  # the pixels of class k, a chunk at a time
+                    if bounds[k] == bounds[k + 1]:
+                        continue
                     gram, products = 0.0, 0.0
                     for start in range(bounds[k], bounds[k + 1], _FIT_CHUNK):
                         chunk = slice(start, min(start + _FIT_CHUNK, bounds[k + 1]))
-                        at = positions[chunk] if sampled is None else positions_in[chunk]
+                        # a pixel's inputs side by side: one gather per pixel, or a slice
+                        at = positions[chunk] if sampled is None else chunk
                         rows = inputs[at].astype(np.float64)
                         # Products and sums of small integers, below 2**53: exact in
                         # float64, so the chunking does not change them.
                         gram = gram + rows.T @ rows
                         products = products + target[:, chunk] @ rows
-                    if bounds[k] == bounds[k + 1]:
-                        continue
                     for c, taken in enumerate(_rows_of_channels(shape)):
                         normal[k, c] += gram[np.ix_(taken, taken)]
                         right[k, c] += products[c, taken]
