@@ -206,7 +206,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from pillow_kae.zoo import loader
 
     quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
-    model_name, gain_step = quality_ladder.choose(
+    points = quality_ladder.candidates(
         quality, im.encoderinfo.get("model"), im.encoderinfo.get("gain_step")
     )
     effort = refinement.check_effort(im.encoderinfo.get("effort", 0))
@@ -215,15 +215,16 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         raise ValueError("cannot write an empty image as KAE")
     stored = _to_storable(im)
     mode = stored.mode
-    model = loader.load(model_name)
     rgb = np.asarray(stored.convert("RGB"))
-    payloads, y_hat = codec.encode_image_latents(model, rgb, gain_step, codec.TILE_SIZE, effort)
-    restoration_filters = (
-        codec.fit_restoration(model, rgb, y_hat, 8 * sum(map(len, payloads)))
-        if im.encoderinfo.get("restore", True)
-        else None
+    coded = codec.encode_best(
+        [(loader.load(name), step) for name, step in points],
+        rgb,
+        codec.TILE_SIZE,
+        effort,
+        restore=im.encoderinfo.get("restore", True),
     )
-    version = codec.format_version(model, gain_step, restoration_filters)
+    model, gain_step = coded.model, coded.gain_step
+    version = codec.format_version(model, gain_step, coded.restoration)
     header = container.Header(
         width=im.width,
         height=im.height,
@@ -242,8 +243,8 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
     kae = container.KaeFile(
         header,
-        payloads,
-        restoration=None if restoration_filters is None else restoration_filters.pack(),
+        coded.payloads,
+        restoration=None if coded.restoration is None else coded.restoration.pack(),
         alpha=alpha,
         exif=exif,
         icc_profile=icc,

@@ -32,7 +32,8 @@ seed-dense model codes 48x48 blocks in independent tiles in both versions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -538,23 +539,107 @@ def _synthesis_windows(
 
 
 def fit_restoration(
-    model: CodecModel, pixels: np.ndarray, y_hat: np.ndarray | None, coded_bits: int
+    model: CodecModel,
+    pixels: np.ndarray,
+    y_hat: np.ndarray | None,
+    coded_bits: int,
+    windows: list[tuple[tuple[int, int, int, int], np.ndarray]] | None = None,
 ) -> Restoration | None:
     """The restoration filters for ``pixels`` coded in ``coded_bits`` as ``y_hat`` (the
     decoder's, from ``encode_image_latents``; None for seed-dense), or None if none pays.
 
-    Fitted on exactly what the decoder will synthesise from ``y_hat``, in whole synthesis
-    windows; beyond ``RESTORATION_FIT_PIXELS`` only on an even sample of them, so encode
-    time stays bounded on big photos.
+    Fitted on exactly what the decoder will synthesise from ``y_hat``: ``windows``, by
+    default ``decoded_windows``.
     """
     if y_hat is None:
         return None
-    height, width = pixels.shape[:2]
+    if windows is None:
+        windows = decoded_windows(model, y_hat, pixels.shape[1], pixels.shape[0])
+    return restoration.fit_cascade(windows, pixels, coded_bits)
+
+
+def decoded_windows(
+    model: CodecModel, y_hat: np.ndarray, width: int, height: int
+) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """(box, uint8 pixels) of the whole synthesis windows the decoder makes from ``y_hat``;
+    beyond ``RESTORATION_FIT_PIXELS`` only an even sample of them, so that what the encoder
+    measures on them takes bounded time on big photos."""
     padded_w, padded_h = _round_up(width, model.pad_multiple), _round_up(height, model.pad_multiple)
     several = len(_windows(padded_w, padded_h, None)) > 1
     every = max(1, -(-padded_w * padded_h // RESTORATION_FIT_PIXELS)) if several else 1
-    windows = list(_synthesis_windows(model, y_hat, width, height, every=every))
-    return restoration.fit_cascade(windows, pixels, coded_bits)
+    return list(_synthesis_windows(model, y_hat, width, height, every=every))
+
+
+def _windows_psnr(
+    pixels: np.ndarray, windows: list[tuple[tuple[int, int, int, int], np.ndarray]]
+) -> float:
+    """PSNR of decoded ``windows`` against ``pixels``, capped at 100 dB (no error)."""
+    error, count = 0.0, 0
+    for (left, top, right, bottom), decoded in windows:
+        diff = pixels[top:bottom, left:right].astype(np.int32) - decoded
+        error += float(np.square(diff, dtype=np.int64).sum())
+        count += diff.size
+    if not count:
+        return 0.0
+    return 100.0 if error == 0 else min(100.0, 10 * np.log10(255.0**2 * count / error))
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """``pixels`` coded at one rate point: the tile payloads, the ŷ the decoder will
+    reconstruct (None for seed-dense) and the restoration filters that pay (if fitted)."""
+
+    model: CodecModel
+    gain_step: float
+    payloads: list[bytes]
+    y_hat: np.ndarray | None
+    restoration: Restoration | None = None
+
+    @property
+    def bits(self) -> int:
+        return 8 * sum(map(len, self.payloads))
+
+
+def encode_best(
+    points: Sequence[tuple[CodecModel, float]],
+    pixels: np.ndarray,
+    tile_size: int = TILE_SIZE,
+    effort: int = 0,
+    restore: bool = True,
+) -> Encoding:
+    """``pixels`` coded at the best of ``points`` (model, gain step), with its restoration
+    filters unless ``restore`` is false.
+
+    With several points, each is coded and decoded, and the one with the lowest
+    ln(bits) - ``restoration.rate_per_db`` * PSNR wins: the fewest bits for its quality, a
+    dB valued at the slope of the quality ladder at the first point's rate. PSNR is taken
+    before restoration, on the windows the restoration fit uses (a sample on big photos).
+    ``effort`` refines the winner's symbols alone.
+    """
+    if not points:
+        raise ValueError("no rate point to code at")
+    height, width = pixels.shape[:2]
+    best, best_cost, best_windows, slope = None, np.inf, None, 0.0
+    for model, step in points:
+        payloads, y_hat = encode_image_latents(model, pixels, step, tile_size)
+        encoding = Encoding(model, step, payloads, y_hat)
+        if len(points) == 1:
+            best = encoding
+            break
+        windows = decoded_windows(model, y_hat, width, height) if y_hat is not None else []
+        slope = slope or restoration.rate_per_db(encoding.bits / (width * height))
+        cost = np.log(max(encoding.bits, 1)) - slope * _windows_psnr(pixels, windows)
+        if cost < best_cost:
+            best, best_cost, best_windows = encoding, cost, windows
+    if effort:
+        payloads, y_hat = encode_image_latents(
+            best.model, pixels, best.gain_step, tile_size, effort
+        )
+        best, best_windows = Encoding(best.model, best.gain_step, payloads, y_hat), None
+    if not restore:
+        return best
+    filters = fit_restoration(best.model, pixels, best.y_hat, best.bits, best_windows)
+    return Encoding(best.model, best.gain_step, best.payloads, best.y_hat, filters)
 
 
 def _decode_tile_v1(

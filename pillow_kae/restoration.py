@@ -221,9 +221,10 @@ class RestorationFilter:
         if not self.shape.compact:
             mapping = self.mapping.astype(np.uint8).tobytes()
             return head + mapping + _varints(self.coefficients.ravel(), signed=True)
-        codes = [_exp_golomb(self.coefficients.ravel(), k) for k in range(MAX_GOLOMB_ORDER + 1)]
-        order = min(range(len(codes)), key=lambda k: len(codes[k]))
-        return head + _nibbles(self.mapping.ravel()) + bytes([order]) + codes[order]
+        values = self.coefficients.ravel()
+        orders = range(MAX_GOLOMB_ORDER + 1)
+        order = min(orders, key=lambda k: -(-_exp_golomb_bits(values, k) // 8))
+        return head + _nibbles(self.mapping.ravel()) + bytes([order]) + _exp_golomb(values, order)
 
     @classmethod
     def unpack(cls, data: bytes) -> RestorationFilter:
@@ -357,6 +358,15 @@ def _exp_golomb(values: np.ndarray, order: int) -> bytes:
     code = "".join(bits)
     code += "0" * (-len(code) % 8)
     return int(code, 2).to_bytes(len(code) // 8, "big") if code else b""
+
+
+def _exp_golomb_bits(values: np.ndarray, order: int) -> int:
+    """Bits of ``_exp_golomb(values, order)`` before its padding, without building it: the
+    encoder compares every order (and packs filters often while it fits them)."""
+    zigzag = np.asarray(values, np.int64) * 2
+    zigzag = np.where(zigzag < 0, -zigzag - 1, zigzag)
+    bit_lengths = np.frexp((zigzag + (1 << order)).astype(np.float64))[1]  # exact integers
+    return int((2 * bit_lengths.astype(np.int64) - 1 - order).sum())
 
 
 def _read_exp_golomb(data: bytes, offset: int, count: int, order: int) -> tuple[list[int], int]:

@@ -300,6 +300,56 @@ def test_every_quality_is_its_own_rate_point() -> None:
     assert all(a < b for a, b in itertools.pairwise(steps)) and steps[74] == 0
 
 
+def test_each_quality_tries_the_neighbouring_models_at_about_its_bytes() -> None:
+    """The ladder's point comes first; a neighbour model is tried where the ladder overlaps
+    it, at steps that climb with quality for each model (so a file grows with quality
+    whichever model wins), and never with an explicit model or gain step."""
+    from pillow_kae.zoo import quality as ladder
+
+    steps: dict[str, list[float]] = {}
+    for quality in range(1, 101):
+        points = ladder.candidates(quality)
+        assert points[0] == ladder.choose(quality)
+        assert len({name for name, _ in points}) == len(points)
+        for name, step in points:
+            assert step * 16 == int(step * 16)
+            steps.setdefault(name, []).append(step)
+        assert ladder.candidates(quality, "kae-mid") == [ladder.choose(quality, "kae-mid")]
+        assert ladder.candidates(quality, gain_step=1) == [ladder.choose(quality, gain_step=1)]
+    for name, climb in steps.items():
+        assert all(a < b for a, b in itertools.pairwise(climb)), name
+    assert len(ladder.candidates(75)) > 1 and len(ladder.candidates(1)) == 1
+
+
+def test_the_encoder_keeps_the_candidate_with_the_best_trade_off(make_image, psnr_db) -> None:
+    """Of several rate points, the file is the one with the lowest ln(bits) - slope * PSNR
+    (before restoration), each point coded and decoded on its own; the slope is the
+    ladder's at the first point's rate."""
+    from pillow_kae import codec, restoration
+    from pillow_kae.zoo import loader
+
+    pixels = np.asarray(make_image(96, 80, seed=3))
+    points = [
+        (loader.load("kae-mid"), -4.0),
+        (loader.load("kae-low"), 2.0),
+        (loader.load("kae-mid"), 3.0),
+    ]
+    costs, slope = [], None
+    for model, step in points:
+        coded = codec.encode_best([(model, step)], pixels, restore=False)
+        decoded = codec.decode_image(model, coded.payloads, 96, 80, step, codec.TILE_SIZE, 2, None)
+        bits = 8 * sum(map(len, coded.payloads))
+        slope = slope or restoration.rate_per_db(bits / (96 * 80))
+        costs.append(np.log(bits) - slope * psnr_db(pixels, decoded))
+    best = codec.encode_best(points, pixels)
+    model, step = points[int(np.argmin(costs))]
+    assert (best.model.name, best.gain_step) == (model.name, step)
+    alone = codec.encode_best([(model, step)], pixels)
+    assert best.payloads == alone.payloads and best.restoration == alone.restoration
+    with pytest.raises(ValueError, match="no rate point"):
+        codec.encode_best([], pixels)
+
+
 def test_a_card_spreads_its_quality_scale_over_its_trained_gain_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -157,6 +157,18 @@ def test_pack_round_trip(shape):
         assert len(small.pack()) == head + shape.classes + 3 * shape.coefficients
 
 
+@pytest.mark.parametrize("scale", [1, 7, 90, 1024])
+def test_compact_pack_picks_the_shortest_order(scale):
+    """The order byte names the Exp-Golomb order whose codes take fewest bytes (the first of
+    equals), whatever the coefficients' magnitude."""
+    filt = random_filter(smooth_array(40, 30, seed=3, noise=20.0), 8, 5, seed=5, shape=SHAPE_3)
+    coefficients = (filt.coefficients * scale // 1024).astype(np.int32)
+    filt = RestorationFilter(filt.thresholds, filt.mapping, coefficients, SHAPE_3, filt.clip)
+    codes = [restoration._exp_golomb(coefficients.ravel(), k) for k in range(16)]
+    best = min(range(16), key=lambda k: len(codes[k]))
+    assert filt.pack().endswith(bytes([best]) + codes[best])
+
+
 ONE = 3 * SHAPE_1.coefficients  # coefficients of one filter
 TWO = 3 * SHAPE_2.coefficients
 

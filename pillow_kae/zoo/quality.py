@@ -40,6 +40,14 @@ LADDER: tuple[tuple[str, int], ...] = (
     ("kae-xhigh", 4),  # 2.9 bpp, 41.6 dB on Kodak: 1.6 dB ahead of JPEG at those bytes
 )
 BRIDGE = 0.5  # gain steps the lower model goes beyond its last anchor before the next model
+#: Where two models of the ladder overlap, the gain step of the upper one that gives about
+#: the bytes of a step of the lower one, on average (Kodak and Urban100, 2026-12-03).
+#: Which of the two is better at those bytes depends on the image: on detailed photos the
+#: upper model is 1 dB better over the lower model's top steps, on plain ones the lower
+#: model is better well past the ladder's switch. So the encoder tries both (``candidates``).
+NEIGHBOUR_STEP_OFFSETS = {("kae-low", "kae-mid"): -6.5, ("kae-mid", "kae-xhigh"): -12.5}
+#: Gain steps beyond its first and last anchors that a model is tried at as a neighbour.
+NEIGHBOUR_REACH = 6
 
 
 def _check_quality(quality: object) -> int:
@@ -78,6 +86,22 @@ def ladder_point(quality: int) -> tuple[str, float]:
     t = (quality - q0) / (q1 - q0)
     span = step1 - step0 if model1 == model0 else BRIDGE
     return model0, _to_sixteenths(step0 + t * span)
+
+
+def neighbours(name: str, step: float) -> list[tuple[str, float]]:
+    """The rate points of the installed ladder's other models that give about the bytes of
+    ``name`` at ``step`` (``NEIGHBOUR_STEP_OFFSETS``), within ``NEIGHBOUR_REACH`` of their
+    anchors."""
+    points = ladder()
+    found = []
+    for (lower, upper), offset in NEIGHBOUR_STEP_OFFSETS.items():
+        if name not in (lower, upper):
+            continue
+        other, other_step = (upper, step + offset) if name == lower else (lower, step - offset)
+        steps = [s for m, s in points if m == other]
+        if steps and min(steps) - NEIGHBOUR_REACH <= other_step <= max(steps) + NEIGHBOUR_REACH:
+            found.append((other, _to_sixteenths(other_step)))
+    return found
 
 
 TRAINED_QUALITY = 75  # an explicit model's gain step 0
@@ -121,3 +145,15 @@ def choose(
         if not -MAX_GAIN_STEP <= step <= MAX_GAIN_STEP:
             raise ValueError(f"gain_step must be from {-MAX_GAIN_STEP} to {MAX_GAIN_STEP}")
     return name, float(step)
+
+
+def candidates(
+    quality: object, model: str | None = None, gain_step: object = None
+) -> list[tuple[str, float]]:
+    """The rate points the encoder may code ``quality`` at, best guess first: ``choose``'s,
+    and on the default ladder (no ``model`` or ``gain_step`` given) its ``neighbours``;
+    the encoder keeps the one with the best rate-distortion trade-off for the image."""
+    first = choose(quality, model, gain_step)
+    if model is not None or gain_step is not None:
+        return [first]
+    return [first, *neighbours(*first)]
