@@ -97,7 +97,14 @@ def _wants(value: object, default: object, name: str) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     # Check the options before touching any file: a bad quality or model writes nothing.
     model_name, gain_step = _choose(args.quality, args.model)
-    log.info("quality %d -> model %s, gain step %g", args.quality, model_name, gain_step)
+    others = quality_ladder.candidates(args.quality, args.model)[1:]
+    log.info(
+        "quality %d -> model %s, gain step %g%s",
+        args.quality,
+        model_name,
+        gain_step,
+        "".join(f", or {name} {step:+g} if it codes an image better" for name, step in others),
+    )
     single = _single(args)
     if single is None:
         return _convert_many(

@@ -81,6 +81,11 @@ REFINE_CONTEXT = 4
 REFINE_OVERLAP = 2
 #: Decoded pixels the encoder fits the restoration filter on, at most (a sample of windows).
 RESTORATION_FIT_PIXELS = 1 << 21
+#: Where the quality ladder offers several rate points, an image of more pixels than this is
+#: judged on its centre square of this side (``encode_best``): the choice costs a bounded
+#: time, and the whole photo is coded once.
+CHOICE_PIXELS = 1 << 21
+CHOICE_SIDE = 1024
 GAIN_RATIO = (SCALE_MAX / SCALE_MIN) ** (1.0 / (SCALE_LEVELS - 1))
 _DECODE_ERRORS = (ValueError, RuntimeError, OverflowError, AssertionError)
 
@@ -613,33 +618,49 @@ def encode_best(
     With several points, each is coded and decoded, and the one with the lowest
     ln(bits) - ``restoration.rate_per_db`` * PSNR wins: the fewest bits for its quality, a
     dB valued at the slope of the quality ladder at the first point's rate. PSNR is taken
-    before restoration, on the windows the restoration fit uses (a sample on big photos).
-    ``effort`` refines the winner's symbols alone.
+    before restoration, on the windows the restoration fit uses. An image of more than
+    ``CHOICE_PIXELS`` is judged on its centre ``CHOICE_SIDE`` square, then coded once; with
+    ``effort``, the points are judged without it and the winner alone is refined.
     """
     if not points:
         raise ValueError("no rate point to code at")
     height, width = pixels.shape[:2]
+    if len(points) > 1 and (effort or height * width > CHOICE_PIXELS):
+        sample = pixels
+        if height * width > CHOICE_PIXELS:
+            top, left = max(0, (height - CHOICE_SIDE) // 2), max(0, (width - CHOICE_SIDE) // 2)
+            sample = pixels[top : top + CHOICE_SIDE, left : left + CHOICE_SIDE]
+        trial, _ = _best_of(points, sample, tile_size)
+        points = [(trial.model, trial.gain_step)]
+    best, windows = _best_of(points, pixels, tile_size, effort)
+    if not restore:
+        return best
+    filters = fit_restoration(best.model, pixels, best.y_hat, best.bits, windows)
+    return Encoding(best.model, best.gain_step, best.payloads, best.y_hat, filters)
+
+
+def _best_of(
+    points: Sequence[tuple[CodecModel, float]],
+    pixels: np.ndarray,
+    tile_size: int = TILE_SIZE,
+    effort: int = 0,
+) -> tuple[Encoding, list[tuple[tuple[int, int, int, int], np.ndarray]] | None]:
+    """``encode_best``'s choice, without restoration: the encoding and, if it was decoded
+    to choose it, its ``decoded_windows``."""
+    height, width = pixels.shape[:2]
     best, best_cost, best_windows, slope = None, np.inf, None, 0.0
     for model, step in points:
-        payloads, y_hat = encode_image_latents(model, pixels, step, tile_size)
-        encoding = Encoding(model, step, payloads, y_hat)
+        encoding = Encoding(
+            model, step, *encode_image_latents(model, pixels, step, tile_size, effort)
+        )
         if len(points) == 1:
-            best = encoding
-            break
-        windows = decoded_windows(model, y_hat, width, height) if y_hat is not None else []
+            return encoding, None
+        windows = decoded_windows(model, encoding.y_hat, width, height)
         slope = slope or restoration.rate_per_db(encoding.bits / (width * height))
         cost = np.log(max(encoding.bits, 1)) - slope * _windows_psnr(pixels, windows)
         if cost < best_cost:
             best, best_cost, best_windows = encoding, cost, windows
-    if effort:
-        payloads, y_hat = encode_image_latents(
-            best.model, pixels, best.gain_step, tile_size, effort
-        )
-        best, best_windows = Encoding(best.model, best.gain_step, payloads, y_hat), None
-    if not restore:
-        return best
-    filters = fit_restoration(best.model, pixels, best.y_hat, best.bits, best_windows)
-    return Encoding(best.model, best.gain_step, best.payloads, best.y_hat, filters)
+    return best, best_windows
 
 
 def _decode_tile_v1(

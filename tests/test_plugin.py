@@ -350,6 +350,23 @@ def test_the_encoder_keeps_the_candidate_with_the_best_trade_off(make_image, psn
         codec.encode_best([], pixels)
 
 
+def test_a_big_image_is_judged_on_its_centre(make_image, monkeypatch) -> None:
+    """Beyond ``CHOICE_PIXELS`` the rate point is chosen on the centre square alone, and
+    the whole image is coded once at it."""
+    from pillow_kae import codec
+    from pillow_kae.zoo import loader
+
+    monkeypatch.setattr(codec, "CHOICE_PIXELS", 64 * 64)
+    monkeypatch.setattr(codec, "CHOICE_SIDE", 64)
+    pixels = np.asarray(make_image(160, 96, seed=5))
+    points = [(loader.load("kae-low"), 2.0), (loader.load("kae-mid"), -4.0)]
+    centre = codec.encode_best(points, pixels[16:80, 48:112], restore=False)
+    whole = codec.encode_best(points, pixels, restore=False)
+    assert (whole.model, whole.gain_step) == (centre.model, centre.gain_step)
+    alone = codec.encode_best([(centre.model, centre.gain_step)], pixels, restore=False)
+    assert whole.payloads == alone.payloads
+
+
 def test_a_card_spreads_its_quality_scale_over_its_trained_gain_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -25,7 +25,8 @@ NOTES = (
     "three channels), also in dB as −10·log10(1 − MS-SSIM). Images are coded as plain RGB "
     "(alpha and metadata dropped). Times are wall-clock per image (milliseconds in the "
     "tables, seconds in the JSON) with each library's default threading, after an untimed "
-    "warm-up."
+    "warm-up. A .kae setting names the quality ladder's rate point; where two models overlap, "
+    "the encoder may code an image with the neighbouring model at about the same bytes."
 )
 
 
