@@ -309,7 +309,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             span = f"{first}-{last}" if first != last else str(first)
             steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
             print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")
-        print("  (each quality its own step, in sixteenths: higher quality, larger file)")
+        print("  (each quality its own step, in sixteenths: higher quality, larger file;")
+        print("   where two models overlap, an image is also coded with the neighbour at")
+        print("   about the same bytes, and the better of the two is kept)")
     retired = sorted(model_zoo.retired())
     if retired:
         print()
