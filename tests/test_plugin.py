@@ -321,33 +321,51 @@ def test_each_quality_tries_the_neighbouring_models_at_about_its_bytes() -> None
     assert len(ladder.candidates(75)) > 1 and len(ladder.candidates(1)) == 1
 
 
-def test_the_encoder_keeps_the_candidate_with_the_best_trade_off(make_image, psnr_db) -> None:
-    """Of several rate points, the file is the one with the lowest ln(bits) - slope * PSNR
-    (before restoration), each point coded and decoded on its own; the slope is the
-    ladder's at the first point's rate."""
+def test_the_encoder_keeps_the_candidate_with_the_best_trade_off(make_image) -> None:
+    """Each rate point is scored by ln(bits) - slope * quality, with PSNR and with MS-SSIM
+    (dB) as the quality, each point coded and decoded on its own (before restoration), the
+    slope the ladder's at the first point's rate. Another point replaces the first only if
+    it is better by both; of several, the best by the sum."""
     from pillow_kae import codec, restoration
+    from pillow_kae.bench.metrics import ms_ssim, ms_ssim_db, psnr
     from pillow_kae.zoo import loader
 
-    pixels = np.asarray(make_image(96, 80, seed=3))
-    points = [
-        (loader.load("kae-mid"), -4.0),
-        (loader.load("kae-low"), 2.0),
-        (loader.load("kae-mid"), 3.0),
-    ]
-    costs, slope = [], None
-    for model, step in points:
-        coded = codec.encode_best([(model, step)], pixels, restore=False)
-        decoded = codec.decode_image(model, coded.payloads, 96, 80, step, codec.TILE_SIZE, 2, None)
-        bits = 8 * sum(map(len, coded.payloads))
-        slope = slope or restoration.rate_per_db(bits / (96 * 80))
-        costs.append(np.log(bits) - slope * psnr_db(pixels, decoded))
-    best = codec.encode_best(points, pixels)
-    model, step = points[int(np.argmin(costs))]
-    assert (best.model.name, best.gain_step) == (model.name, step)
-    alone = codec.encode_best([(model, step)], pixels)
-    assert best.payloads == alone.payloads and best.restoration == alone.restoration
+    def scores(pixels, points):
+        found, slope = [], None
+        height, width = pixels.shape[:2]
+        for model, step in points:
+            coded = codec.encode_best([(model, step)], pixels, restore=False)
+            decoded = codec.decode_image(
+                model, coded.payloads, width, height, step, codec.TILE_SIZE, 2, None
+            )
+            bits = 8 * sum(map(len, coded.payloads))
+            slope = slope or restoration.rate_per_db(bits / (width * height))
+            quality = (psnr(pixels, decoded), ms_ssim_db(ms_ssim(pixels, decoded)))
+            found.append([np.log(bits) - slope * q for q in quality])
+        return found
+
+    low, mid = loader.load("kae-low"), loader.load("kae-mid")
+    switched = 0
+    for seed, points in (
+        (3, [(mid, -4.0), (low, 2.0), (mid, 3.0)]),
+        (4, [(low, 2.0), (mid, -4.0)]),
+        (5, [(mid, 2.0), (low, 0.0), (low, 6.0)]),
+    ):
+        pixels = np.asarray(make_image(96, 80, seed=seed))
+        costs = scores(pixels, points)
+        better = [i for i, c in enumerate(costs) if i == 0 or all(np.less(c, costs[0]))]
+        expected = min(better, key=lambda i: sum(costs[i]))
+        best = codec.encode_best(points, pixels)
+        assert (best.model.name, best.gain_step) == (points[expected][0].name, points[expected][1])
+        alone = codec.encode_best([points[expected]], pixels)
+        assert best.payloads == alone.payloads
+        assert (best.restoration and best.restoration.pack()) == (
+            alone.restoration and alone.restoration.pack()
+        )
+        switched += expected != 0
+    assert switched  # the scenarios exercise a switch
     with pytest.raises(ValueError, match="no rate point"):
-        codec.encode_best([], pixels)
+        codec.encode_best([], np.asarray(make_image(16, 16)))
 
 
 def test_a_big_image_is_judged_on_its_centre(make_image, monkeypatch) -> None:
