@@ -5,11 +5,13 @@
 
 Each image is saved with ``Image.save(..., quality=q)`` (the default ladder) and decoded
 with ``Image.open``; the table gives mean bpp, PSNR and Pillow JPEG's PSNR at the same bytes
-per quality, and the closing lines list every quality whose mean bytes or PSNR is not above
-the quality before it (issue 6 asks for none). Kodak when ../shared is there, else the
-sample images; it says which. ``--qualities anchors`` takes the ladder's anchors alone;
-``--against`` an earlier run's ``--out`` prints the change at each quality and the BD-rate,
-e.g. to compare inference runtimes and precisions (``KAE_RUNTIME``, ``KAE_PRECISION``).
+per quality, with how many files each model coded (where two models overlap, the encoder
+may keep the model below the ladder's), and the closing lines list every quality whose mean
+bytes or PSNR is not above the quality before it (issue 6 asks for none). Kodak when
+../shared is there, else the sample images; it says which. ``--qualities anchors`` takes
+the ladder's anchors alone; ``--against`` an earlier run's ``--out`` prints the change at
+each quality and the BD-rate, e.g. to compare inference runtimes and precisions
+(``KAE_RUNTIME``, ``KAE_PRECISION``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +42,11 @@ def _qualities(text: str) -> list[int]:
     return list(range(int(first), int(last or first) + 1))
 
 
-def sweep(paths: list[Path], qualities: list[int]) -> dict[int, dict[str, float]]:
-    """Mean bpp, PSNR and JPEG's PSNR at the same bytes, per quality."""
+def sweep(paths: list[Path], qualities: list[int]) -> dict[int, dict]:
+    """Mean bpp, PSNR and JPEG's PSNR at the same bytes, per quality, and how many files
+    each model coded (the encoder may pick the model below the ladder's)."""
     rows: dict[int, list[tuple[float, float, float]]] = {q: [] for q in qualities}
+    models: dict[int, Counter] = {q: Counter() for q in qualities}
     for path in tqdm(paths, desc="images", unit="img"):
         with Image.open(path) as im:
             rgb = im.convert("RGB")
@@ -50,8 +55,12 @@ def sweep(paths: list[Path], qualities: list[int]) -> dict[int, dict[str, float]
             coded = roundtrip(rgb, "KAE", quality=q)
             bpp = 8 * coded.size / (rgb.width * rgb.height)
             rows[q].append((bpp, psnr(pixels, coded.decoded), jpeg_psnr_at(rgb, coded.size)))
+            models[q][coded.info.get("kae_model", "?")] += 1
     return {
-        q: dict(zip(("bpp", "psnr", "jpeg_psnr"), map(float, np.mean(v, axis=0)), strict=True))
+        q: {
+            **dict(zip(("bpp", "psnr", "jpeg_psnr"), map(float, np.mean(v, axis=0)), strict=True)),
+            "models": dict(models[q].most_common()),
+        }
         for q, v in rows.items()
     }
 
@@ -78,12 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(paths)} images from {folder}; qualities {qualities[0]}-{qualities[-1]}")
     print(f"transforms on {summary()}")
     means = sweep(paths, qualities)
-    print("| quality | model, gain step | bpp | PSNR (dB) | JPEG at those bytes (dB) |")
-    print("|---:|---|---:|---:|---:|")
+    print("| quality | model, gain step | bpp | PSNR (dB) | JPEG at those bytes (dB) | files by |")
+    print("|---:|---|---:|---:|---:|---|")
     for q, m in means.items():
         model, step = ladder.choose(q)
+        coded_by = ", ".join(f"{name} {n}" for name, n in m["models"].items())
         print(
-            f"| {q} | {model} {step:+g} | {m['bpp']:.4f} | {m['psnr']:.3f} | {m['jpeg_psnr']:.3f} |"
+            f"| {q} | {model} {step:+g} | {m['bpp']:.4f} | {m['psnr']:.3f} "
+            f"| {m['jpeg_psnr']:.3f} | {coded_by} |"
         )
     for key, label in (("bpp", "bytes"), ("psnr", "PSNR")):
         stuck = not_climbing(means, key)

@@ -310,8 +310,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             steps = f"gain steps {low:+g} .. {high:+g}" if low != high else f"gain step {low:+g}"
             print(f"  {span:>7}  {name:<{widths[0]}}  {steps}")
         print("  (each quality its own step, in sixteenths: higher quality, larger file;")
-        print("   where two models overlap, an image is also coded with the neighbour at")
-        print("   about the same bytes, and the better of the two is kept)")
+        print("   where two models overlap, an image is also coded with the model below at")
+        print("   about the same bytes, which is kept if it is better by PSNR and MS-SSIM)")
     retired = sorted(model_zoo.retired())
     if retired:
         print()

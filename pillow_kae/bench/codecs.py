@@ -23,12 +23,14 @@ from pillow_kae.zoo import quality as ladder
 
 @dataclass(frozen=True)
 class Coded:
-    """One image through one codec setting: file size, decoded RGB pixels and timings."""
+    """One image through one codec setting: file size, decoded RGB pixels, timings and the
+    decoded file's ``info`` (for .kae, the model that coded it)."""
 
     size: int
     decoded: np.ndarray
     encode_s: float
     decode_s: float
+    info: dict = field(default_factory=dict)
 
 
 def roundtrip(image: Image.Image, fmt: str, **options: object) -> Coded:
@@ -43,7 +45,8 @@ def roundtrip(image: Image.Image, fmt: str, **options: object) -> Coded:
         decoded.load()
         decode_s = time.perf_counter() - start
         pixels = np.asarray(decoded.convert("RGB"))
-    return Coded(buffer.getbuffer().nbytes, pixels, encode_s, decode_s)
+        info = dict(decoded.info)
+    return Coded(buffer.getbuffer().nbytes, pixels, encode_s, decode_s, info)
 
 
 def ladder_qualities() -> list[tuple[int, str, int]]:

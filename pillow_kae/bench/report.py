@@ -26,7 +26,7 @@ NOTES = (
     "(alpha and metadata dropped). Times are wall-clock per image (milliseconds in the "
     "tables, seconds in the JSON) with each library's default threading, after an untimed "
     "warm-up. A .kae setting names the quality ladder's rate point; where two models overlap, "
-    "the encoder may code an image with the neighbouring model at about the same bytes."
+    "the encoder may code an image with the model below at about the same bytes."
 )
 
 

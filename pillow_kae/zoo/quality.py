@@ -42,11 +42,13 @@ LADDER: tuple[tuple[str, int], ...] = (
 BRIDGE = 0.5  # gain steps the lower model goes beyond its last anchor before the next model
 #: Where two models of the ladder overlap, the gain step of the upper one that gives about
 #: the bytes of a step of the lower one, on average (Kodak and Urban100, 2026-12-03).
-#: Which of the two is better at those bytes depends on the image: on detailed photos the
-#: upper model is 1 dB better over the lower model's top steps, on plain ones the lower
-#: model is better well past the ladder's switch. So the encoder tries both (``candidates``).
+#: Which of the two is better at those bytes depends on the image: on most Kodak photos
+#: the lower model pushed up keeps texture that the upper one, at a low gain step, blurs
+#: (higher PSNR for the upper one on detailed photos, but lower MS-SSIM). So the encoder
+#: tries the lower model for the upper one's rate points (``candidates``); the other way
+#: round won no image by both measures.
 NEIGHBOUR_STEP_OFFSETS = {("kae-low", "kae-mid"): -6.5, ("kae-mid", "kae-xhigh"): -12.5}
-#: Gain steps beyond its first and last anchors that a model is tried at as a neighbour.
+#: Gain steps beyond its last anchor that a model is tried at as a neighbour.
 NEIGHBOUR_REACH = 6
 
 
@@ -89,18 +91,15 @@ def ladder_point(quality: int) -> tuple[str, float]:
 
 
 def neighbours(name: str, step: float) -> list[tuple[str, float]]:
-    """The rate points of the installed ladder's other models that give about the bytes of
-    ``name`` at ``step`` (``NEIGHBOUR_STEP_OFFSETS``), within ``NEIGHBOUR_REACH`` of their
-    anchors."""
+    """The rate point of the installed ladder's model below ``name`` that gives about the
+    bytes of ``name`` at ``step`` (``NEIGHBOUR_STEP_OFFSETS``), if it lies within
+    ``NEIGHBOUR_REACH`` of that model's last anchor."""
     points = ladder()
     found = []
     for (lower, upper), offset in NEIGHBOUR_STEP_OFFSETS.items():
-        if name not in (lower, upper):
-            continue
-        other, other_step = (upper, step + offset) if name == lower else (lower, step - offset)
-        steps = [s for m, s in points if m == other]
-        if steps and min(steps) - NEIGHBOUR_REACH <= other_step <= max(steps) + NEIGHBOUR_REACH:
-            found.append((other, _to_sixteenths(other_step)))
+        steps = [s for m, s in points if m == lower]
+        if name == upper and steps and step - offset <= max(steps) + NEIGHBOUR_REACH:
+            found.append((lower, _to_sixteenths(step - offset)))
     return found
 
 
