@@ -87,6 +87,18 @@ def test_effort_in_windows_decodes_without_a_seam(
     assert refined_cost < cost(8 * sum(map(len, base)), base_out, pixels, lmbda)
 
 
+def test_with_several_rate_points_the_winner_alone_is_refined(photo: Image.Image) -> None:
+    """Where the ladder offers the model below as well, the choice is made without effort
+    and only the point it keeps is searched: the file is that point's refined file."""
+    pixels = np.asarray(photo.crop((0, 0, 96, 64)))
+    points = [(loader.load("kae-mid"), -4.0), (loader.load("kae-low"), 2.5)]
+    chosen = codec.encode_best(points, pixels, restore=False)
+    refined = codec.encode_best(points, pixels, effort=1, restore=False)
+    assert (refined.model, refined.gain_step) == (chosen.model, chosen.gain_step)
+    alone = codec.encode_best([(chosen.model, chosen.gain_step)], pixels, effort=1, restore=False)
+    assert refined.payloads == alone.payloads
+
+
 @pytest.mark.parametrize("effort", [-1, 10, 2.5, "3", True, None])
 def test_a_bad_effort_is_refused_and_nothing_is_written(
     photo: Image.Image, effort: object, tmp_path: pytest.TempPathFactory
