@@ -28,6 +28,10 @@ the same with the filter in shape 2 (colour terms and clipping), version 7 in sh
 colour terms, filters in a cascade). Version 1 files
 coded each tile on its own, pixels included (visible seams); they still decode. The
 seed-dense model codes 48x48 blocks in independent tiles in both versions.
+
+Which rate point codes an image is the encoder's choice (``encode_best``): where the quality
+ladder offers the model below as well, both are coded and the better kept; the file names
+the model and gain step, so no version changes with it.
 """
 
 from __future__ import annotations
