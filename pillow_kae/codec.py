@@ -660,16 +660,18 @@ def _best_of(
 ) -> tuple[Encoding, list[tuple[tuple[int, int, int, int], np.ndarray]] | None]:
     """``encode_best``'s choice, without restoration: the encoding and, if it was decoded
     to choose it, its ``decoded_windows``."""
+    encodings = (
+        Encoding(model, step, *encode_image_latents(model, pixels, step, tile_size, effort))
+        for model, step in points
+    )
+    if len(points) == 1:
+        return next(encodings), None
     height, width = pixels.shape[:2]
     best, best_windows, first, best_total, slope = None, None, None, np.inf, 0.0
-    for model, step in points:
-        encoding = Encoding(
-            model, step, *encode_image_latents(model, pixels, step, tile_size, effort)
-        )
-        if len(points) == 1:
-            return encoding, None
-        windows = decoded_windows(model, encoding.y_hat, width, height)
-        slope = slope or restoration.rate_per_db(encoding.bits / (width * height))
+    for encoding in encodings:
+        windows = decoded_windows(encoding.model, encoding.y_hat, width, height)
+        if first is None:  # the ladder's own point: its rate sets the slope
+            slope = restoration.rate_per_db(encoding.bits / (width * height))
         costs = [np.log(max(encoding.bits, 1)) - slope * q for q in _quality(pixels, windows)]
         if first is None:
             first = costs

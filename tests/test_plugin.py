@@ -338,10 +338,9 @@ def test_the_encoder_keeps_the_candidate_with_the_best_trade_off(make_image) -> 
             decoded = codec.decode_image(
                 model, coded.payloads, width, height, step, codec.TILE_SIZE, 2, None
             )
-            bits = 8 * sum(map(len, coded.payloads))
-            slope = slope or restoration.rate_per_db(bits / (width * height))
+            slope = slope or restoration.rate_per_db(coded.bits / (width * height))
             quality = (psnr(pixels, decoded), ms_ssim_db(ms_ssim(pixels, decoded)))
-            found.append([np.log(bits) - slope * q for q in quality])
+            found.append([np.log(coded.bits) - slope * q for q in quality])
         return found
 
     low, mid = loader.load("kae-low"), loader.load("kae-mid")
