@@ -96,8 +96,7 @@ SMALL_IMAGE_PIXELS = 1 << 18
 #: is scattered at random (seeded, so files reproduce): every n-th pixel in raster order is
 #: every n-th column, and g_s's error differs between columns (its stride-2 layers).
 CLIP_SAMPLE = 4
-_STRIP_PIXELS = 1 << 18  # pixels per strip: bounds the work arrays to a few MB each
-_FIT_CHUNK = 1 << 13  # pixels per product in the fit: its inputs stay in cache
+_STRIP_PIXELS = 1 << 16  # pixels per strip: the work arrays stay in cache
 
 
 @dataclass(frozen=True)
@@ -484,58 +483,37 @@ def classes(
     return _classes(*_kinds(block, shape), thresholds, shape)
 
 
-def _tap_sums(block: np.ndarray, shape: Shape, clip: int) -> tuple[np.ndarray, np.ndarray]:
-    """The block's inner pixels, (3, h * w), and for each tap k of the shape clip(x[p + k] -
-    x[p]) + clip(x[p - k] - x[p]), (3, len(shape.taps), h * w): channel first, float32
-    (small integers, exact)."""
+def _inputs(block: np.ndarray, shape: Shape, clip: int) -> np.ndarray:
+    """Every channel's filter inputs at each inner pixel of ``block``, (rows, h * w) float32
+    (small integers, exact): for each channel and tap k of the shape, clip(x[p + k] - x[p])
+    + clip(x[p - k] - x[p]) (row channel * taps + k), then (shapes with colour) the offset's
+    input and R, G and B - 128. A channel's filter takes some of these rows
+    (``_rows_of_channels``), so one product of all of them serves the three channels."""
+    ahead, behind, rest = _differences(block, shape)
+    if clip < NO_CLIP:
+        np.clip(ahead, -clip, clip, out=ahead)
+        np.clip(behind, -clip, clip, out=behind)
+    return np.concatenate([np.add(ahead, behind, out=ahead), rest])
+
+
+def _differences(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_inputs`` before clipping: x[p + k] - x[p] and x[p - k] - x[p] for each channel and
+    tap k, (3 * taps, h * w) float32 each, and the rows after the taps' (4 or none)."""
     h, w = block.shape[0] - 2 * HALO, block.shape[1] - 2 * HALO
     x = np.moveaxis(block, -1, 0).astype(np.float32)
     centre = x[:, HALO : HALO + h, HALO : HALO + w]
-    sums = np.empty((3, len(shape.taps), h, w), np.float32)
-    for i, (dy, dx) in enumerate(shape.taps):
-        ahead = x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w] - centre
-        behind = x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w] - centre
-        sums[:, i] = _clipped_sum(ahead, behind, clip)
-    return centre.reshape(3, h * w), sums.reshape(3, len(shape.taps), h * w)
-
-
-def _differences_at(
-    block: np.ndarray, shape: Shape, positions: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_tap_sums``' ingredients at some inner pixels (flat indices ``positions``) alone:
-    the pixels, (3, n), and x[p + k] - x[p] and x[p - k] - x[p] for each tap k, (3, taps, n)."""
-    width = block.shape[1] - 2 * HALO
-    stride = block.shape[1]
-    flat = np.moveaxis(block, -1, 0).reshape(3, -1).astype(np.float32)
-    at = (positions // width + HALO) * stride + positions % width + HALO  # in the block
-    centre = flat[:, at]
-    offsets = [dy * stride + dx for dy, dx in shape.taps]
-    ahead = np.stack([flat[:, at + offset] for offset in offsets], axis=1) - centre[:, None]
-    behind = np.stack([flat[:, at - offset] for offset in offsets], axis=1) - centre[:, None]
-    return centre, ahead, behind
-
-
-def _clipped_sum(ahead: np.ndarray, behind: np.ndarray, clip: int) -> np.ndarray:
-    """clip(ahead, -clip, clip) + clip(behind, -clip, clip); no clipping at ``NO_CLIP``."""
-    if clip >= NO_CLIP:
-        return ahead + behind
-    return np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
-
-
-def _all_inputs(
-    centre: np.ndarray, sums: np.ndarray, shape: Shape, dtype: type = np.float64
-) -> np.ndarray:
-    """Every channel's filter inputs at once, from ``_tap_sums``: the tap sums of the three
-    channels, then (shapes with colour) the offset's input and R, G and B - 128. Small
-    integers, exact in float32. A channel's filter takes some of these rows
-    (``_rows_of_channels``), so one product of all of them serves the three channels."""
-    taps, n = sums.shape[1], centre.shape[1]
-    inputs = np.empty((_input_rows(shape), n), dtype)
-    inputs[: 3 * taps] = sums.reshape(3 * taps, n)
+    taps = len(shape.taps)
+    ahead, behind = np.empty((2, 3, taps, h, w), np.float32)
+    for k, (dy, dx) in enumerate(shape.taps):
+        np.subtract(x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w], centre, ahead[:, k])
+        np.subtract(
+            x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w], centre, behind[:, k]
+        )
+    rest = np.empty((_input_rows(shape) - 3 * taps, h, w), np.float32)
     if shape.colour:
-        inputs[3 * taps] = OFFSET_UNIT
-        np.subtract(centre, 128, out=inputs[3 * taps + 1 :])
-    return inputs
+        rest[0] = OFFSET_UNIT
+        np.subtract(centre, 128, out=rest[1:])
+    return ahead.reshape(3 * taps, h * w), behind.reshape(3 * taps, h * w), rest.reshape(-1, h * w)
 
 
 def _input_rows(shape: Shape) -> int:
@@ -544,7 +522,7 @@ def _input_rows(shape: Shape) -> int:
 
 @functools.cache
 def _rows_of_channels(shape: Shape) -> tuple[np.ndarray, ...]:
-    """For each channel, the rows of ``_all_inputs`` its filter's coefficients apply to, in
+    """For each channel, the rows of ``_inputs`` its filter's coefficients apply to, in
     their order: its own taps, the cross taps of the next two channels, then the offset's
     input and the colour terms."""
     taps, cross = len(shape.taps), list(shape.cross_taps)
@@ -561,6 +539,7 @@ def _rows_of_channels(shape: Shape) -> tuple[np.ndarray, ...]:
 
 
 def _strips(height: int, width: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of about ``_STRIP_PIXELS`` pixels each."""
     rows = max(1, _STRIP_PIXELS // max(width, 1))
     for top in range(0, height, rows):
         yield top, min(top + rows, height)
@@ -577,10 +556,13 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
     shape = restoration.shape
     above = _edge_rows(pixels, -HALO, 0)
     mapping = restoration.mapping.ravel().astype(np.int64)
-    # Each channel's coefficients spread over the rows of ``_all_inputs`` (zero elsewhere).
-    table = np.zeros((3, restoration.coefficients.shape[1], _input_rows(shape)), np.float32)
+    filters = restoration.coefficients.shape[1]
+    # Every channel's filters, one below the other, spread over the rows of ``_inputs``
+    # (zero elsewhere): one product gives every filter's response for the three channels.
+    table = np.zeros((3, filters, _input_rows(shape)), np.float32)
     for c, rows in enumerate(_rows_of_channels(shape)):
         table[c][:, rows] = restoration.coefficients[c]
+    table = table.reshape(3 * filters, -1)
     for top, bottom in _strips(height, width):
         rows = np.concatenate(
             [above, pixels[top:bottom], _edge_rows(pixels, bottom, bottom + HALO)]
@@ -589,19 +571,16 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
         # The HALO unfiltered rows above the next strip (some may lie in earlier strips).
         above = rows[bottom - top : bottom - top + HALO].copy()
         which = mapping[classes(block, restoration.thresholds, shape)][None]
-        centre, sums = _tap_sums(block, shape, restoration.clip)
-        inputs = _all_inputs(centre, sums, shape, np.float32)
-        for c in range(3):
-            # Every filter's response, then each pixel's own. The products are integers and
-            # every partial sum stays below 2**24, so float32 (and BLAS, in any order)
-            # computes them exactly.
-            responses = table[c] @ inputs
-            correction = np.take_along_axis(responses, which, 0).reshape(bottom - top, width)
+        # The products are integers and every partial sum stays below 2**24, so float32
+        # (and BLAS, in any order) computes them exactly.
+        responses = (table @ _inputs(block, shape, restoration.clip)).reshape(3, filters, -1)
+        own = rows[HALO:-HALO].astype(np.int32)
+        for c in range(3):  # each pixel's own filter's response
+            correction = np.take_along_axis(responses[c], which, 0).reshape(bottom - top, width)
             rounded = (correction.astype(np.int32) + (1 << (COEFFICIENT_SHIFT - 1))) >> (
                 COEFFICIENT_SHIFT
             )
-            own = centre[c].astype(np.int32).reshape(bottom - top, width)
-            pixels[top:bottom, :, c] = np.clip(own + rounded, 0, 255)
+            pixels[top:bottom, :, c] = np.clip(own[..., c] + rounded, 0, 255)
 
 
 def rate_per_db(bpp: float) -> float:
@@ -673,43 +652,48 @@ class Fit:
     ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
         """Over about one pixel in ``every``, for each of ``clips``: each class's normal equations
         and right-hand sides per channel; and the error before filtering."""
-        size = shape.coefficients
-        normals = [np.zeros((fine, 3, size, size)) for _ in clips]
-        rights = [np.zeros((fine, 3, size)) for _ in clips]
         error = 0.0
         sample = np.random.default_rng(0)  # the same sample on every run: files reproduce
+        rows = _input_rows(shape)
+        grams = [np.zeros((fine, rows, rows)) for _ in clips]
+        products = [np.zeros((fine, 3, rows)) for _ in clips]
         for (block, original), classes_ in zip(self._blocks, which, strict=True):
-            if every > 1:
-                picked = np.flatnonzero(sample.random(len(classes_)) * every < 1)
-                positions = picked[np.argsort(classes_[picked], kind="stable")]
-            else:
-                positions = np.argsort(classes_, kind="stable")  # classes together
-            bounds = np.searchsorted(classes_[positions], np.arange(fine + 1))
-            target = original.reshape(-1, 3)[positions].T.astype(np.float64)
-            target -= block[HALO:-HALO, HALO:-HALO].reshape(-1, 3)[positions].T
-            error += float(np.sum(target * target))
-            sampled = _differences_at(block, shape, positions) if every > 1 else None
-            for clip, normal, right in zip(clips, normals, rights, strict=True):
-                if sampled is None:  # every pixel: the inputs over the block, in raster order
-                    inputs = _all_inputs(*_tap_sums(block, shape, clip), shape, np.float32).T
-                else:  # a sample: the differences at its pixels alone, already in class order
-                    inputs = _all_inputs(sampled[0], _clipped_sum(*sampled[1:], clip), shape).T
-                for k in range(fine):  # the pixels of class k, a chunk at a time
-                    if bounds[k] == bounds[k + 1]:
-                        continue
-                    gram, products = 0.0, 0.0
-                    for start in range(bounds[k], bounds[k + 1], _FIT_CHUNK):
-                        chunk = slice(start, min(start + _FIT_CHUNK, bounds[k + 1]))
-                        # a pixel's inputs side by side: one gather per pixel, or a slice
-                        at = positions[chunk] if sampled is None else chunk
-                        rows = inputs[at].astype(np.float64)
-                        # Products and sums of small integers, below 2**53: exact in
-                        # float64, so the chunking does not change them.
-                        gram = gram + rows.T @ rows
-                        products = products + target[:, chunk] @ rows
-                    for c, taken in enumerate(_rows_of_channels(shape)):
-                        normal[k, c] += gram[np.ix_(taken, taken)]
-                        right[k, c] += products[c, taken]
+            height, width = original.shape[:2]
+            picked = sample.random(len(classes_)) * every < 1 if every > 1 else None
+            # Strip by strip, so that gathering each class's pixels stays in cache. Every
+            # product and sum is of small integers, below 2**53: exact in float64, so the
+            # order of the sums does not change them.
+            for top, bottom in _strips(height, width):
+                strip = block[top : bottom + 2 * HALO]
+                classes_here = classes_[top * width : bottom * width]
+                at = np.arange(len(classes_here))
+                if picked is not None:
+                    at = np.flatnonzero(picked[top * width : bottom * width])
+                at = at[np.argsort(classes_here[at], kind="stable")]  # classes together
+                bounds = np.searchsorted(classes_here[at], np.arange(fine + 1))
+                target = original[top:bottom].reshape(-1, 3)[at].T.astype(np.float64)
+                target -= strip[HALO:-HALO, HALO:-HALO].reshape(-1, 3)[at].T
+                error += float(np.sum(target * target))
+                # np.take: twice as fast as indexing here
+                ahead, behind, rest = (np.take(d, at, 1) for d in _differences(strip, shape))
+                inputs = np.empty((len(at), rows))  # a pixel's inputs side by side, a row each
+                inputs[:, len(ahead) :] = rest.T
+                for clip, gram, product in zip(clips, grams, products, strict=True):
+                    if clip < NO_CLIP:
+                        inputs[:, : len(ahead)] = (
+                            np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
+                        ).T
+                    else:
+                        inputs[:, : len(ahead)] = (ahead + behind).T
+                    for k in np.flatnonzero(np.diff(bounds)):  # the classes present
+                        chunk = slice(bounds[k], bounds[k + 1])
+                        gram[k] += inputs[chunk].T @ inputs[chunk]
+                        product[k] += target[:, chunk] @ inputs[chunk]
+        normals, rights = [], []
+        for gram, product in zip(grams, products, strict=True):
+            taken = _rows_of_channels(shape)
+            normals.append(np.stack([gram[:, t[:, None], t] for t in taken], axis=1))
+            rights.append(np.stack([product[:, c, t] for c, t in enumerate(taken)], axis=1))
         return normals, rights, error
 
 

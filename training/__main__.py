@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         "--slice-hidden", type=int, default=96, help="channel-conditional: slice transform width"
     )
     train.add_argument(
+        "--train-only",
+        nargs="+",
+        metavar="PART",
+        help="train these sub-models (e.g. g_s) and freeze the rest: a decoder fine-tune "
+        "keeps the encoder and entropy model, so the bits of every file stay the same",
+    )
+    train.add_argument(
         "--devices",
         type=int,
         default=1,
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             devices=args.devices,
             gain_steps=tuple(args.gain_steps) if args.gain_steps else None,
             gain_slope=args.gain_slope,
+            train_only=args.train_only,
         )
         train(config)
     elif args.command == "context":

@@ -46,6 +46,7 @@ def stage(state: dict) -> dict:
         "data": {folder: weight for folder, weight in zip(folders, weights, strict=True)},
         **({"gain_steps": config["gain_steps"]} if config.get("gain_steps") else {}),
         **({"arch": config["arch"]} if config.get("arch") else {}),
+        **({"train_only": config["train_only"]} if config.get("train_only") else {}),
         **({"note": config["note"]} if config.get("note") else {}),
     }
 

@@ -55,6 +55,7 @@ class TrainConfig:
     devices: int = 1
     gain_steps: tuple[int, int] | None = None  # variable-rate training over these steps
     gain_slope: float = 2.0  # lambda multiplies by r^(gain_slope * step)
+    train_only: list[str] | None = None  # sub-models that train; None: all of them
 
 
 def data_parallel(devices: int, batch: int) -> contextlib.AbstractContextManager:
@@ -88,6 +89,17 @@ def data_parallel(devices: int, batch: int) -> contextlib.AbstractContextManager
         log.info("data-parallel on %d devices: %s", devices, ", ".join(chosen))
         return tf.distribute.MirroredStrategy(chosen).scope()
     raise ValueError(f"data-parallel training needs JAX or TensorFlow, not {backend}")
+
+
+def freeze_all_but(model: keras.Model, parts: list[str]) -> None:
+    """Freeze every sub-model of ``model`` but ``parts`` (names such as ``g_s``)."""
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(set(parts) - names)
+    if unknown:
+        raise ValueError(f"no sub-model {', '.join(unknown)}; the model has {sorted(names)}")
+    for layer in model.layers:
+        layer.trainable = layer.name in parts
+    log.info("training %s only", ", ".join(parts))
 
 
 def rate_loss(y_true: object, y_pred: object) -> object:
@@ -230,6 +242,8 @@ def train(config: TrainConfig) -> Path:
                 log.info("widened %s to %s", narrow, wide)
             assign_weights(model, arrays, missing_ok=("slice",))
             log.info("warm start from %s", config.init)
+        if config.train_only:
+            freeze_all_but(model, config.train_only)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
             loss={"x_hat": "mse", "bpp": rate_loss},
