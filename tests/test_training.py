@@ -110,6 +110,27 @@ def test_variable_rate_training_at_random_gain_steps(tmp_path: Path) -> None:
     assert state["step"] == 2 and state["config"]["gain_steps"] == [-3, 2]
 
 
+def test_decoder_fine_tune_changes_g_s_alone(tmp_path: Path) -> None:
+    """``--train-only g_s`` keeps the encoder and entropy model, so every file's bits stay."""
+    data = str(_photos(tmp_path / "data"))
+    common = ["--data", data, "--lmbda", "0.01", "--steps-per-epoch", "1", "--batch", "2"]
+    common += ["--patch", "64", "--workers", "1", "--lr", "1e-2"]
+    common += ["--channels", "8", "--latent-channels", "8", "--hyper-channels", "8"]
+    base = _run(["train", *common, "--steps", "1", "--out", str(tmp_path / "base")])
+    assert base.returncode == 0, base.stderr[-3000:]
+    init = str(tmp_path / "base" / "checkpoint.npz")
+    argv = ["train", *common, "--steps", "3", "--init", init, "--train-only", "g_s"]
+    result = _run([*argv, "--out", str(tmp_path / "gs")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, after = load_arrays(init), load_arrays(tmp_path / "gs" / "checkpoint.npz")
+    changed = {key for key in before if not np.array_equal(before[key], after[key])}
+    assert changed and all(key.startswith("g_s/") for key in changed), sorted(changed)
+    stages = json.loads((tmp_path / "gs" / "state.json").read_text())["config"]
+    assert stages["train_only"] == ["g_s"]
+    wrong = _run([*argv, "--train-only", "decoder", "--out", str(tmp_path / "wrong")])
+    assert wrong.returncode != 0 and "no sub-model decoder" in wrong.stderr
+
+
 def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     """``training context`` on a shipped model: its run codes and decodes an image."""
     data = str(_photos(tmp_path / "data"))
