@@ -37,6 +37,7 @@ the model and gain step, so no version changes with it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -819,7 +820,11 @@ def decode_image(
             f"({'with' if model.slices else 'without'} channel slices)"
         )
     if model.kind != "seed-dense" and version >= 2:
-        y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
+        # g_s's graph loads (the first time in a process) while the latents decode.
+        with ThreadPoolExecutor(1) as pool:
+            synthesis_loaded = pool.submit(model.transform, "g_s")
+            y_hat = _decode_latent_grid(model, payloads, width, height, gain_step, tile_size)
+            synthesis_loaded.result()
         pixels = synthesis(model, y_hat, width, height)
         if restoration_filters is not None:
             restoration_filters.apply(pixels)
