@@ -30,9 +30,23 @@ BOTH = pytest.mark.parametrize("shape", SHAPES.values(), ids=lambda s: f"shape{s
 
 def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
     """The filter as docs/format.md states it, on the whole image in int64, pixel by tap."""
+    shape = filt.shape
+    classes, inputs = reference_classes(pixels, filt.thresholds, shape)
+    which = filt.mapping.ravel()[classes]
+    out = np.empty_like(pixels)
+    for c in range(3):
+        total = np.einsum(
+            "hwn,hwn->hw", filt.coefficients[c][which].astype(np.int64), inputs(c, filt.clip)
+        )
+        out[..., c] = np.clip(pixels[..., c].astype(np.int64) + ((total + 128) >> 8), 0, 255)
+    return out
+
+
+def reference_classes(pixels: np.ndarray, thresholds: tuple[int, ...], shape: Shape):
+    """Each pixel's class (h, w) as docs/format.md states it, and ``inputs(c, clip)``: the
+    inputs of channel c's filter at each pixel, (h, w, coefficients) int64."""
     x = np.pad(pixels.astype(np.int64), ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge")
     h, w = pixels.shape[:2]
-    shape, clip = filt.shape, filt.clip
 
     def at(dy: int, dx: int, c: int) -> np.ndarray:
         return x[HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w, c]
@@ -46,10 +60,17 @@ def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
     def second(dy: int, dx: int, ky: int, kx: int, lum=luma) -> np.ndarray:
         return lum(dy + ky, dx + kx) + lum(dy - ky, dx - kx) - 2 * lum(dy, dx)
 
-    def difference(c: int, ky: int, kx: int) -> np.ndarray:
-        centre = at(0, 0, c)
-        ahead = np.clip(at(ky, kx, c) - centre, -clip, clip)
-        return ahead + np.clip(at(-ky, -kx, c) - centre, -clip, clip)
+    def inputs(c: int, clip: int) -> np.ndarray:
+        def difference(c: int, ky: int, kx: int) -> np.ndarray:
+            centre = at(0, 0, c)
+            ahead = np.clip(at(ky, kx, c) - centre, -clip, clip)
+            return ahead + np.clip(at(-ky, -kx, c) - centre, -clip, clip)
+
+        rows = [difference(c, *k) for k in shape.taps]
+        rows += [difference((c + i) % 3, *shape.taps[k]) for i in (1, 2) for k in shape.cross_taps]
+        if shape.colour:
+            rows += [np.full((h, w), 16), *(at(0, 0, j) - 128 for j in range(3))]
+        return np.stack(rows, axis=-1)
 
     activity = window_sum(lambda dy, dx: np.abs(second(dy, dx, 0, 1) + second(dy, dx, 1, 0)))
     across = window_sum(lambda dy, dx: np.abs(second(dy, dx, 0, 1)))
@@ -57,21 +78,8 @@ def reference_filter(pixels: np.ndarray, filt: RestorationFilter) -> np.ndarray:
     direction = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
     if shape.bands == 2:
         direction = 2 * direction + (luma(0, 0) >= 512)
-    bins = sum((activity >= t).astype(np.int64) for t in filt.thresholds)
-    which = filt.mapping[bins, direction]
-    out = np.empty_like(pixels)
-    for c in range(3):
-        inputs = [difference(c, *k) for k in shape.taps]
-        inputs += [
-            difference((c + i) % 3, *shape.taps[k]) for i in (1, 2) for k in shape.cross_taps
-        ]
-        if shape.colour:
-            inputs += [np.full((h, w), 16), *(at(0, 0, j) - 128 for j in range(3))]
-        total = np.zeros((h, w), np.int64)
-        for n, value in enumerate(inputs):
-            total += filt.coefficients[c][which, n].astype(np.int64) * value
-        out[..., c] = np.clip(at(0, 0, c) + ((total + 128) >> 8), 0, 255)
-    return out
+    bins = sum((activity >= t).astype(np.int64) for t in thresholds)
+    return bins * shape.classes + direction, inputs
 
 
 def random_filter(
@@ -112,6 +120,42 @@ def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixe
     expected = reference_filter(pixels, filt)
     assert np.array_equal(out, expected)
     assert not np.array_equal(out, pixels)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_fit_statistics_are_the_normal_equations(monkeypatch, every):
+    """Over several blocks, strip by strip, on every pixel or on a sample: per class and
+    channel, exactly X^T X and X^T (original - decoded) of the filter's inputs X."""
+    monkeypatch.setattr(restoration, "_STRIP_PIXELS", 200)  # many strips per block
+    shape, clips, thresholds = LATEST, (restoration.NO_CLIP, 9), (40, 400)
+    rng, fit = np.random.default_rng(5), Fit((LATEST,))
+    blocks = []
+    for seed, (h, w) in enumerate([(23, 31), (17, 12)]):
+        decoded = smooth_array(h, w, seed=seed, noise=12.0)
+        original = np.clip(decoded + rng.integers(-9, 10, decoded.shape), 0, 255).astype(np.uint8)
+        fit.add(np.pad(decoded, ((HALO, HALO), (HALO, HALO), (0, 0)), mode="edge"), original)
+        blocks.append((decoded, original))
+    which = [restoration.classes(block, thresholds, shape) for block, _ in fit._blocks]
+    fine = (len(thresholds) + 1) * shape.classes
+    normals, rights, error = fit._statistics(shape, which, fine, clips, every)
+    sample = np.random.default_rng(0)  # the fit's own seeded sample
+    picked = [sample.random(d.shape[0] * d.shape[1]) * every < 1 for d, _ in blocks]
+    for clip, normal, right in zip(clips, normals, rights, strict=True):
+        expected_normal, expected_right = np.zeros_like(normal), np.zeros_like(right)
+        expected_error = 0
+        for (decoded, original), keep in zip(blocks, picked, strict=True):
+            classes, inputs = reference_classes(decoded, thresholds, shape)
+            target = (original.astype(np.int64) - decoded).reshape(-1, 3)[keep]
+            expected_error += int((target**2).sum())
+            for c in range(3):
+                x = inputs(c, clip).reshape(-1, shape.coefficients)[keep]
+                for k in np.unique(classes.ravel()[keep]):
+                    rows = x[classes.ravel()[keep] == k]
+                    expected_normal[k, c] += rows.T @ rows
+                    expected_right[k, c] += target[classes.ravel()[keep] == k, c] @ rows
+        assert np.array_equal(normal, expected_normal)
+        assert np.array_equal(right, expected_right)
+        assert error == expected_error
 
 
 @BOTH
