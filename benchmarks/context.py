@@ -26,7 +26,7 @@ from tqdm import tqdm
 from benchmarks.rd import test_images
 from pillow_kae import codec
 from pillow_kae.bench.bd import bd_rate
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays
 

@@ -19,7 +19,7 @@ from benchmarks.jpeg import jpeg_bytes, jpeg_curve, jpeg_psnr_at
 from benchmarks.rd import SAMPLES
 from pillow_kae import container
 from pillow_kae.bench.crops import label, side_by_side
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 
 OUT = Path("out/demo")
 

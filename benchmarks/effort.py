@@ -27,7 +27,7 @@ from tqdm import tqdm
 import pillow_kae  # noqa: F401  (registers the plugin)
 from benchmarks.rd import test_images
 from pillow_kae.bench.bd import bd_rate
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 from pillow_kae.refinement import EFFORT_STEPS
 from pillow_kae.zoo import quality as ladder
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 
 QUALITIES = tuple(range(1, 101))
 

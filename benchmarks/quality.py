@@ -30,7 +30,7 @@ from benchmarks.jpeg import jpeg_psnr_at
 from benchmarks.rd import test_images
 from pillow_kae.bench.bd import bd_rate, envelope
 from pillow_kae.bench.codecs import roundtrip
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 from pillow_kae.runtime import summary
 from pillow_kae.zoo import quality as ladder
 

@@ -20,7 +20,7 @@ from PIL import Image
 from benchmarks.jpeg import jpeg_curve, jpeg_psnr_at
 from pillow_kae import cli
 from pillow_kae.bench.codecs import roundtrip
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 
 log = logging.getLogger(__name__)
 

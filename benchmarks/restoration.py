@@ -31,7 +31,7 @@ from benchmarks.rd import test_images
 from pillow_kae import container, restoration
 from pillow_kae.bench.bd import bd_rate, envelope
 from pillow_kae.bench.codecs import ladder_qualities
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 
 CHUNK = 12  # length, type and CRC of the KRST chunk
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import pillow_kae  # noqa: F401  (registers the format)
 from benchmarks.rd import test_images
-from pillow_kae.bench.metrics import boundary_scores
+from pillow_kae.metrics import boundary_scores
 
 TILE = 1024  # the tile size the encoder writes (``kae info`` shows it)
 

@@ -42,8 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pillow_kae import restoration
-from pillow_kae.bench import metrics
+from pillow_kae import metrics, restoration
 from pillow_kae.container import (
     CHANNEL_CONDITIONAL_VERSION,
     FINE_GAIN_VERSION,

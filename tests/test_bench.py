@@ -17,8 +17,8 @@ from PIL import Image
 
 from pillow_kae.bench import codecs, crops, runner
 from pillow_kae.bench.bd import bd_rate, envelope
-from pillow_kae.bench.metrics import ms_ssim, ms_ssim_db, psnr, scales_for
 from pillow_kae.cli import main
+from pillow_kae.metrics import ms_ssim, ms_ssim_db, psnr, scales_for
 from pillow_kae.zoo import quality as ladder
 from tests.conftest import smooth_array
 

@@ -327,7 +327,7 @@ def test_the_encoder_keeps_the_candidate_with_the_best_trade_off(make_image) -> 
     slope the ladder's at the first point's rate. Another point replaces the first only if
     it is better by both; of several, the best by the sum."""
     from pillow_kae import codec, restoration
-    from pillow_kae.bench.metrics import ms_ssim, ms_ssim_db, psnr
+    from pillow_kae.metrics import ms_ssim, ms_ssim_db, psnr
     from pillow_kae.zoo import loader
 
     def scores(pixels, points):

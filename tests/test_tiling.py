@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae import codec, container
-from pillow_kae.bench.metrics import boundary_scores
+from pillow_kae.metrics import boundary_scores
 from pillow_kae.zoo import loader
 
 MODEL = "kae-low"

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from pillow_kae.bench.codecs import roundtrip
-from pillow_kae.bench.metrics import psnr
+from pillow_kae.metrics import psnr
 from training.data import list_images
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pillow_kae.bench.codecs import Codec, Coded
-from pillow_kae.bench.metrics import psnr
 from pillow_kae.bench.sweep import Measurement, load_rgb
+from pillow_kae.metrics import psnr
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pillow_kae.bench.codecs import Codec
-from pillow_kae.bench.metrics import ms_ssim, ms_ssim_db, psnr
+from pillow_kae.metrics import ms_ssim, ms_ssim_db, psnr
 
 log = logging.getLogger(__name__)
 
