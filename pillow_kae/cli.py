@@ -66,10 +66,11 @@ class CliError(Exception):
 # Helpers
 
 
-def _choose(quality: int, model: str | None) -> tuple[str, int]:
-    """The rate point for the options; a bad quality or model is the user's error."""
+def _candidates(quality: int, model: str | None) -> list[tuple[str, float]]:
+    """The rate points the encoder may code at for the options, the ladder's first; a bad
+    quality or model is the user's error."""
     try:
-        return quality_ladder.choose(quality, model)
+        return quality_ladder.candidates(quality, model)
     except ValueError as err:
         raise CliError(str(err)) from err
 
@@ -96,8 +97,7 @@ def _wants(value: object, default: object, name: str) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     # Check the options before touching any file: a bad quality or model writes nothing.
-    model_name, gain_step = _choose(args.quality, args.model)
-    others = quality_ladder.candidates(args.quality, args.model)[1:]
+    (model_name, gain_step), *others = _candidates(args.quality, args.model)
     log.info(
         "quality %d -> model %s, gain step %g%s",
         args.quality,
@@ -346,9 +346,9 @@ def cmd_surprise(args: argparse.Namespace) -> int:
 
     from pillow_kae.analysis import surprise
 
-    _choose(args.quality, args.model)  # bad options fail before any work
+    _candidates(args.quality, args.model)  # bad options fail before any work
     if args.reference is not None:
-        _choose(args.quality, args.reference)
+        _candidates(args.quality, args.reference)
     failed = False
     show = len(args.files) > 1 and sys.stderr.isatty()
     for name in tqdm(args.files, desc="surprise", disable=not show):
