@@ -689,11 +689,12 @@ class Fit:
                         chunk = slice(bounds[k], bounds[k + 1])
                         gram[k] += inputs[chunk].T @ inputs[chunk]
                         product[k] += target[:, chunk] @ inputs[chunk]
-        normals, rights = [], []
-        for gram, product in zip(grams, products, strict=True):
-            taken = _rows_of_channels(shape)
-            normals.append(np.stack([gram[:, t[:, None], t] for t in taken], axis=1))
-            rights.append(np.stack([product[:, c, t] for c, t in enumerate(taken)], axis=1))
+        taken = _rows_of_channels(shape)  # each channel's own part of the products
+        normals = [np.stack([gram[:, t[:, None], t] for t in taken], axis=1) for gram in grams]
+        rights = [
+            np.stack([product[:, c, t] for c, t in enumerate(taken)], axis=1)
+            for product in products
+        ]
         return normals, rights, error
 
 
