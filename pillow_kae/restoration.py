@@ -490,10 +490,14 @@ def _inputs(block: np.ndarray, shape: Shape, clip: int) -> np.ndarray:
     input and R, G and B - 128. A channel's filter takes some of these rows
     (``_rows_of_channels``), so one product of all of them serves the three channels."""
     ahead, behind, rest = _differences(block, shape)
-    if clip < NO_CLIP:
-        np.clip(ahead, -clip, clip, out=ahead)
-        np.clip(behind, -clip, clip, out=behind)
-    return np.concatenate([np.add(ahead, behind, out=ahead), rest])
+    return np.concatenate([_clipped_sum(ahead, behind, clip), rest])
+
+
+def _clipped_sum(ahead: np.ndarray, behind: np.ndarray, clip: int) -> np.ndarray:
+    """clip(ahead, -clip, clip) + clip(behind, -clip, clip); no clipping at ``NO_CLIP``."""
+    if clip >= NO_CLIP:
+        return ahead + behind
+    return np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
 
 
 def _differences(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -679,12 +683,7 @@ class Fit:
                 inputs = np.empty((len(at), rows))  # a pixel's inputs side by side, a row each
                 inputs[:, len(ahead) :] = rest.T
                 for clip, gram, product in zip(clips, grams, products, strict=True):
-                    if clip < NO_CLIP:
-                        inputs[:, : len(ahead)] = (
-                            np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
-                        ).T
-                    else:
-                        inputs[:, : len(ahead)] = (ahead + behind).T
+                    inputs[:, : len(ahead)] = _clipped_sum(ahead, behind, clip).T
                     for k in np.flatnonzero(np.diff(bounds)):  # the classes present
                         chunk = slice(bounds[k], bounds[k + 1])
                         gram[k] += inputs[chunk].T @ inputs[chunk]
