@@ -1,11 +1,12 @@
 """Speed and memory of .kae against Pillow's JPEG, WebP and AVIF, measured in the same run.
 
     python -m benchmarks.speed [--images N] [--repeat 5] [--size 6144x4096] [--skip-large]
+                               [--quality 75]
     make bench-speed
 
 Three parts, all through the public API (``Image.save`` / ``Image.open``), each codec with
 the settings ``kae bench`` uses (JPEG 4:2:0 optimized, WebP method 6, AVIF speed 6), at
-quality 75:
+``--quality`` (75, everyone's default, unless told; the same number for every codec):
 
 1. warm, in this process: median encode and decode time per image over ``--repeat`` runs
    after an untimed warm-up, and megapixels per second;
@@ -45,7 +46,7 @@ from pillow_kae.runtime.cache import CACHE_ENV
 log = logging.getLogger("benchmarks.speed")
 
 CODECS = ("kae", "jpeg", "webp", "avif")
-QUALITY = 75
+QUALITY = 75  # the default of every codec here
 KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 
@@ -73,9 +74,9 @@ print(json.dumps({"seconds": seconds, "peak_rss_mib": peak}))
 """
 
 
-def _settings(name: str) -> tuple[str, dict[str, object]]:
+def _settings(name: str, quality: int) -> tuple[str, dict[str, object]]:
     codec = registry()[name]
-    return codec.fmt, {"quality": QUALITY, **codec.options}
+    return codec.fmt, {"quality": quality, **codec.options}
 
 
 def _median_seconds(fn: object, repeat: int) -> float:
@@ -88,14 +89,14 @@ def _median_seconds(fn: object, repeat: int) -> float:
     return statistics.median(times)
 
 
-def warm(images: list[Path], codecs: list[str], repeat: int) -> list[dict]:
+def warm(images: list[Path], codecs: list[str], repeat: int, quality: int) -> list[dict]:
     """Median warm encode/decode seconds per image and codec."""
     rows = []
     for path in images:
         image = Image.open(path).convert("RGB")
         megapixels = image.width * image.height / 1e6
         for name in codecs:
-            fmt, options = _settings(name)
+            fmt, options = _settings(name, quality)
             buffer = io.BytesIO()
             image.save(buffer, fmt, **options)
             data = buffer.getvalue()
@@ -141,7 +142,7 @@ def _wall(argv: list[str], repeat: int, cache: Path | None = None) -> float:
     return statistics.median(times)
 
 
-def cold(image: Path, tmp: Path, repeat: int) -> dict[str, float]:
+def cold(image: Path, tmp: Path, repeat: int, quality: int) -> dict[str, float]:
     """Fresh-process open + load of one file per format, and ``kae decode`` (median)."""
     rgb = Image.open(image).convert("RGB")
     out: dict[str, float] = {}
@@ -150,7 +151,7 @@ def cold(image: Path, tmp: Path, repeat: int) -> dict[str, float]:
         if name == "png":
             rgb.save(path)
         else:
-            fmt, options = _settings(name)
+            fmt, options = _settings(name, quality)
             rgb.save(path, fmt, **options)
         code = f"from PIL import Image; import pillow_kae; Image.open({str(path)!r}).load()"
         out[f"open_load_{name}_s"] = _wall([sys.executable, "-c", code], repeat, tmp)
@@ -161,8 +162,8 @@ def cold(image: Path, tmp: Path, repeat: int) -> dict[str, float]:
     return out
 
 
-def _fresh(step: str, src: Path, dst: Path, name: str) -> dict[str, float]:
-    fmt, options = _settings(name)
+def _fresh(step: str, src: Path, dst: Path, name: str, quality: int) -> dict[str, float]:
+    fmt, options = _settings(name, quality)
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", STEP, step, str(src), str(dst), fmt, json.dumps(options)],
@@ -192,15 +193,15 @@ def make_large(width: int, height: int, path: Path) -> str:
     return f"{len(tiles)} images of {sources[0].parent} tiled to {width}x{height}"
 
 
-def large(width: int, height: int, tmp: Path) -> dict:
+def large(width: int, height: int, tmp: Path, quality: int) -> dict:
     """Each step in a fresh process: .kae and AVIF encode and decode of one big photo."""
     src = tmp / "large.png"
     what = make_large(width, height, src)
     rows = {}
     for name in ("kae", "avif"):
         coded = tmp / f"large.{name}"
-        rows[f"{name}_encode"] = _fresh("encode", src, coded, name)
-        rows[f"{name}_decode"] = _fresh("decode", coded, coded, name)
+        rows[f"{name}_encode"] = _fresh("encode", src, coded, name, quality)
+        rows[f"{name}_decode"] = _fresh("decode", coded, coded, name, quality)
         rows[f"{name}_decode"]["bpp"] = 8 * coded.stat().st_size / (width * height)
         log.info("large %s: %s", name, rows)
     return {"image": what, "megapixels": width * height / 1e6, "steps": rows}
@@ -209,7 +210,7 @@ def large(width: int, height: int, tmp: Path) -> dict:
 def markdown(result: dict) -> str:
     lines = [
         f"Machine: {result['machine']}; .kae transforms on {result['runtime']}; "
-        f"quality {QUALITY}; times are medians."
+        f"quality {result['quality']}; times are medians."
     ]
     if result["warm"]:
         lines += [
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--quality", type=int, default=QUALITY, help="every codec's, 1-100")
     parser.add_argument("--out", type=Path, default=Path("out/speed"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -270,15 +272,18 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "runtime": summary(),
         "images_from": str(folder),
-        "warm": [] if args.skip_warm else warm(images, args.codecs.split(","), args.repeat),
+        "quality": args.quality,
+        "warm": []
+        if args.skip_warm
+        else warm(images, args.codecs.split(","), args.repeat, args.quality),
     }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if not args.skip_cold:
-            result["cold"] = cold(images[-1], tmp, 3)
+            result["cold"] = cold(images[-1], tmp, 3, args.quality)
         if not args.skip_large:
             width, height = (int(v) for v in args.size.lower().split("x"))
-            result["large"] = large(width, height, tmp)
+            result["large"] = large(width, height, tmp, args.quality)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
