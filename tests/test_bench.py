@@ -335,3 +335,21 @@ def test_bench_imports_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_speed_benchmark_codes_every_codec_at_the_quality_asked(tmp_path) -> None:
+    """``python -m benchmarks.speed --quality q`` hands q to each codec and says so: a lower
+    quality gives smaller files (JPEG alone, warm part only: no timing is checked)."""
+    from benchmarks import speed
+
+    bpp = {}
+    for quality in (20, 90):
+        out = tmp_path / str(quality)
+        args = ["--images", "1", "--repeat", "1", "--skip-cold", "--skip-large"]
+        speed.main([*args, "--codecs", "jpeg", "--quality", str(quality), "--out", str(out)])
+        result = json.loads((out / "speed.json").read_text())
+        assert result["quality"] == quality
+        assert f"quality {quality};" in (out / "speed.md").read_text()
+        (row,) = result["warm"]
+        bpp[quality] = row["bpp"]
+    assert bpp[20] < bpp[90]
