@@ -6,7 +6,8 @@
 
 Three parts, all through the public API (``Image.save`` / ``Image.open``), each codec with
 the settings ``kae bench`` uses (JPEG 4:2:0 optimized, WebP method 6, AVIF speed 6), at
-``--quality`` (75, everyone's default, unless told; the same number for every codec):
+``--quality`` (75 unless told: the default of .kae, Pillow's JPEG and AVIF; the same
+number for every codec):
 
 1. warm, in this process: median encode and decode time per image over ``--repeat`` runs
    after an untimed warm-up, and megapixels per second;
@@ -46,7 +47,7 @@ from pillow_kae.runtime.cache import CACHE_ENV
 log = logging.getLogger("benchmarks.speed")
 
 CODECS = ("kae", "jpeg", "webp", "avif")
-QUALITY = 75  # the default of every codec here
+QUALITY = 75  # .kae's, JPEG's and AVIF's default (Pillow's WebP defaults to 80)
 KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 

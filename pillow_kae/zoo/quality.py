@@ -51,7 +51,7 @@ NEIGHBOUR_STEP_OFFSETS = {("kae-low", "kae-mid"): -6.5, ("kae-mid", "kae-xhigh")
 #: Gain steps beyond its last anchor that a model is tried at as a neighbour. On the 24 Kodak
 #: and the first 20 clean photos (2026-12-03) the lower model won up to 2.5 steps beyond (kae-low
 #: +4.5: 2 of 44, +5.5: none) and 3.75 (kae-mid +7.75: 1 of 44, +8.5 and +9.3: none); further
-#: out it is coded and decoded for nothing, a third of the encoder's time.
+#: out it is coded and decoded for nothing, about a quarter of the encoder's time.
 NEIGHBOUR_REACH = 4
 
 
