@@ -32,13 +32,15 @@ from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays
 
 
 def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
-    """(the shipped model, the same with the run's slice transforms)."""
+    """(the shipped model, the same with the run's slice transforms and, if it trained it,
+    its h_s)."""
     state = json.loads((run / "state.json").read_text())
     shipped = loader.load(state["config"]["model"])
+    trained = ("slice", "h_s/") if state["config"].get("train_hyper") else ("slice",)
     slices = {
         key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value
         for key, value in load_arrays(run / "checkpoint.npz").items()
-        if key.startswith("slice")
+        if key.startswith(trained)
     }
     card = replace(shipped.card, kind="channel-conditional", arch=state["config"]["arch"])
     return shipped, loader.CodecModel(card, {**shipped.arrays, **slices})

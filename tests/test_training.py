@@ -158,3 +158,32 @@ def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     payloads = codec.encode_image(model, pixels, -1)
     decoded = codec.decode_image(model, payloads, width, height, -1, codec.TILE_SIZE, 3)
     assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 25
+
+
+def test_context_training_of_h_s_codes_and_keeps_the_other_transforms(tmp_path: Path) -> None:
+    """``training context --train-hyper``: h_s trains on the cached ẑ with the slices, every
+    other transform stays the shipped one, and the run's model codes and decodes."""
+    data = str(_photos(tmp_path / "data"))
+    argv = ["context", "--model", "kae-low", "--data", data, "--steps", "2", "--slices", "2"]
+    argv += ["--hidden", "4", "--gain-steps", "-2", "1", "--lr", "1e-2", "--train-hyper"]
+    result = _run([*argv, "--out", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["config"]["train_hyper"]
+    assert state["config"]["note"].startswith("slice transforms and h_s")
+    arrays = load_arrays(tmp_path / "run" / "checkpoint.npz")
+    shipped = loader.load("kae-low")
+    changed = {
+        key
+        for key, value in shipped.arrays.items()
+        if key in arrays and not np.allclose(arrays[key], value.astype(arrays[key].dtype))
+    }
+    assert changed and all(key.startswith("h_s/") for key in changed), sorted(changed)
+    trained = {k: v for k, v in arrays.items() if k.startswith(("slice", "h_s/"))}
+    card = replace(shipped.card, kind="channel-conditional", arch=state["config"]["arch"])
+    model = loader.CodecModel(card, {**shipped.arrays, **trained})
+    pixels = smooth_array(100, 130, seed=5, noise=4.0)
+    height, width = pixels.shape[:2]
+    payloads = codec.encode_image(model, pixels, -1)
+    decoded = codec.decode_image(model, payloads, width, height, -1, codec.TILE_SIZE, 3)
+    assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 25

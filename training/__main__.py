@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     context.add_argument("--kodak", default=None, help="photos to report progress on")
     context.add_argument("--seed", type=int, default=0)
     context.add_argument("--init", default=None, help="a context run's checkpoint to continue")
+    context.add_argument(
+        "--train-hyper",
+        action="store_true",
+        help="train h_s too (the whole entropy model of y; can move PSNR a little)",
+    )
 
     export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
     export.add_argument("run")
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 kodak=args.kodak,
                 seed=args.seed,
                 init=args.init,
+                train_hyper=args.train_hyper,
             )
         )
     elif args.command in ("split", "join"):

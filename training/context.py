@@ -7,6 +7,11 @@ then minimizes the bits of ŷ alone on those arrays, at random gain steps across
 the quality ladder uses: hundreds of times cheaper than training the whole codec, so a CPU
 does it in a session. The run directory is an ordinary run (``checkpoint.npz`` with every
 weight, ``state.json``), so ``python -m training export`` ships it.
+
+With ``train_hyper`` the hyper-synthesis h_s trains too, on the cached ẑ: the model's
+whole entropy model of y then catches up with latents that g_a learned in few steps. h_s
+also sets the means ŷ is rounded around, so such a run can move PSNR a little;
+``benchmarks.context`` measures both.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from training.lineage import CHECKPOINT, STATE, init_history
 
 log = logging.getLogger(__name__)
 
-Latents = list[tuple[np.ndarray, np.ndarray]]  # (y float32, h_s output int32) per photo
+# (y float32, h_s output int32, ẑ int16) per photo
+Latents = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 LATENTS = "latents.npz"
 
 
@@ -52,14 +58,22 @@ class ContextConfig:
     seed: int = 0
     kodak: str | None = None  # evaluation photos, for the log
     init: str | None = None  # a context run's checkpoint.npz to continue from
+    train_hyper: bool = False  # h_s trains with the slice transforms
     arch: dict = field(default_factory=dict)
 
 
-def image_latents(model: CodecModel, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(y, h_s output) of one photo coded as one tile, as the codec computes them."""
+# ẑ around a crop, in ẑ cells: more than h_s's reach (three 3x3 convolutions, the last two
+# at 2x and 4x ẑ's resolution), so the crop's h_s output is what the whole grid's would be.
+HYPER_MARGIN = 2
+
+
+def image_latents(
+    model: CodecModel, pixels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, h_s output, ẑ) of one photo coded as one tile, as the codec computes them."""
     y = codec.analysis_grid(model, pixels)
     z = np.rint(model.transform("h_a")(y[None])[0]).astype(np.int64)
-    return y, model.hyper_synthesis(z).astype(np.int32)
+    return y, model.hyper_synthesis(z).astype(np.int32), z.astype(np.int16)
 
 
 def collect(
@@ -80,62 +94,98 @@ def collect(
 
 def save_latents(path: Path, latents: Latents) -> None:
     arrays = {}
-    for i, (y, hyper) in enumerate(latents):
-        arrays[f"y{i}"], arrays[f"h{i}"] = y, hyper
+    for i, (y, hyper, z) in enumerate(latents):
+        arrays[f"y{i}"], arrays[f"h{i}"], arrays[f"z{i}"] = y, hyper, z
     np.savez(path, **arrays)
 
 
-def load_latents(path: Path) -> Latents:
+def load_latents(path: Path) -> Latents | None:
+    """The cached latents, or None for a cache written before ẑ was kept."""
     with np.load(path) as data:
-        return [(data[f"y{i}"], data[f"h{i}"]) for i in range(len(data.files) // 2)]
+        if "z0" not in data.files:
+            return None
+        return [(data[f"y{i}"], data[f"h{i}"], data[f"z{i}"]) for i in range(len(data.files) // 3)]
 
 
 def crops(
-    latents: Latents, size: int, batch: int, steps: tuple[int, int], seed: int = 0
+    latents: Latents,
+    size: int,
+    batch: int,
+    steps: tuple[int, int],
+    seed: int = 0,
+    hyper_stride: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Endless (y, h_s output, [gain step, valid]) batches of ``size`` x ``size`` latents.
+    """Endless (y, h_s input, [gain step, valid]) batches of ``size`` x ``size`` latents.
 
-    A smaller grid sits at the top left, zeros around it as beyond a tile's edge, and
-    ``valid`` keeps those positions out of the loss."""
+    The h_s input is the cached h_s output or, given ``hyper_stride`` (to train h_s), the
+    ẑ under the crop and ``HYPER_MARGIN`` cells around it; such crops start on ẑ's grid and
+    are not flipped (h_a and h_s are not mirror-symmetric). A smaller grid sits at the top
+    left, zeros around it as beyond a tile's edge, and ``valid`` keeps those positions out
+    of the loss."""
     rng = np.random.default_rng(seed)
     m = latents[0][0].shape[-1]
-    while True:
-        ys = np.zeros((batch, size, size, m), np.float32)
+    ys = np.zeros((batch, size, size, m), np.float32)
+    if hyper_stride:
+        z_size = size // hyper_stride + 2 * HYPER_MARGIN
+        hs = np.zeros((batch, z_size, z_size, latents[0][2].shape[-1]), np.float32)
+    else:
         hs = np.zeros((batch, size, size, 2 * m), np.float32)
+    while True:
+        ys[:], hs[:] = 0, 0
         extra = np.zeros((batch, size, size, 2), np.float32)
         for b, gain_step in enumerate(rng.integers(steps[0], steps[1] + 1, batch)):
-            y, hyper = latents[rng.integers(len(latents))]
-            top = rng.integers(max(y.shape[0] - size, 0) + 1)
-            left = rng.integers(max(y.shape[1] - size, 0) + 1)
-            window = (slice(top, top + size), slice(left, left + size))
-            yc, hc = y[window], hyper[window]
-            if rng.random() < 0.5:
-                yc, hc = yc[:, ::-1], hc[:, ::-1]
+            y, hyper, z = latents[rng.integers(len(latents))]
+            align = hyper_stride or 1
+            top = rng.integers(max(y.shape[0] - size, 0) // align + 1) * align
+            left = rng.integers(max(y.shape[1] - size, 0) // align + 1) * align
+            yc = y[top : top + size, left : left + size]
             rows, cols = yc.shape[:2]
-            ys[b, :rows, :cols], hs[b, :rows, :cols] = yc, hc
+            if hyper_stride:
+                ys[b, :rows, :cols] = yc
+                zt, zl = top // hyper_stride, left // hyper_stride
+                zc = z[
+                    max(zt - HYPER_MARGIN, 0) : zt + z_size - HYPER_MARGIN,
+                    max(zl - HYPER_MARGIN, 0) : zl + z_size - HYPER_MARGIN,
+                ]
+                at_top = HYPER_MARGIN - min(zt, HYPER_MARGIN)
+                at_left = HYPER_MARGIN - min(zl, HYPER_MARGIN)
+                hs[b, at_top : at_top + zc.shape[0], at_left : at_left + zc.shape[1]] = zc
+            else:
+                hc = hyper[top : top + size, left : left + size]
+                if rng.random() < 0.5:
+                    yc, hc = yc[:, ::-1], hc[:, ::-1]
+                ys[b, :rows, :cols], hs[b, :rows, :cols] = yc, hc
             extra[b, ..., 0], extra[b, :rows, :cols, 1] = gain_step, 1.0
-        yield ys, hs, extra
+        yield ys.copy(), hs.copy(), extra
 
 
-def context_model(name: str, slices: int, hidden: int, init: str | None = None) -> object:
-    """A channel-conditional model around the shipped ``name``'s transforms, frozen; its
-    slice transforms start at zero, or continue those of a context run's ``init``."""
+def context_model(
+    name: str, slices: int, hidden: int, init: str | None = None, train_hyper: bool = False
+) -> object:
+    """A channel-conditional model around the shipped ``name``'s transforms, frozen (but h_s,
+    with ``train_hyper``); its slice transforms start at zero, or continue those of a context
+    run's ``init`` (and its h_s, with ``train_hyper``)."""
     from pillow_kae.models.channel_conditional import ChannelConditionalHyperprior
 
     shipped = load(name)
     model = ChannelConditionalHyperprior(slices=slices, slice_hidden=hidden, **shipped.card.arch)
     model.build()
     arrays = dict(shipped.arrays)
-    if init:  # the transforms stay the shipped ones
-        arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith("slice"))
+    trained = ("slice", "h_s/") if train_hyper else ("slice",)
+    if init:  # the other transforms stay the shipped ones
+        arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith(trained))
     assign_weights(model, arrays, missing_ok=("slice",))
-    for part in (model.g_a, model.g_s, model.h_a, model.h_s, model.entropy_bottleneck):
+    frozen = [model.g_a, model.g_s, model.h_a, model.entropy_bottleneck]
+    for part in frozen if train_hyper else [*frozen, model.h_s]:
         part.trainable = False
     return model
 
 
-def rate_model(model: object) -> object:
-    """Keras model: (y, h_s output, [gain step, valid]) -> mean bits per valid latent element."""
+def rate_model(model: object, hyper_stride: int | None = None) -> object:
+    """Keras model: (y, h_s input, [gain step, valid]) -> mean bits per valid latent element.
+
+    The h_s input is h_s's cached integer output or, given ``hyper_stride``, ẑ with
+    ``HYPER_MARGIN`` cells around y's grid, which the model's own h_s maps."""
     import keras
     from keras import ops
 
@@ -147,20 +197,29 @@ def rate_model(model: object) -> object:
         def call(self, inputs: tuple, training: bool = False) -> object:
             y, hyper, extra = inputs
             steps, valid = extra[..., :1], extra[..., 1:]
-            scale = float(1 << codec.ACTIVATION_BITS)
-            bits, _ = self.codec_model.latent_bits(y, hyper / scale, steps, training)
+            if hyper_stride:
+                edge = HYPER_MARGIN * hyper_stride
+                rows, cols = ops.shape(y)[1], ops.shape(y)[2]
+                hyper = self.codec_model.h_s(hyper)[:, edge : edge + rows, edge : edge + cols]
+            else:
+                hyper = hyper / float(1 << codec.ACTIVATION_BITS)
+            bits, _ = self.codec_model.latent_bits(y, hyper, steps, training)
             total = ops.sum(bits * valid, axis=(1, 2, 3))
             return total / (ops.sum(valid, axis=(1, 2, 3)) * ops.shape(y)[-1])
 
     return LatentRate(model)
 
 
-def latent_bits(rate: object, latents: Latents, step: int) -> float:
-    """Mean bits per element of y over whole grids, rounded as coded, at one gain step."""
+def latent_bits(rate: object, latents: Latents, step: int, train_hyper: bool = False) -> float:
+    """Mean bits per element of y over whole grids, rounded as coded, at one gain step (h_s
+    from ẑ with ``train_hyper``, as ``rate_model`` was built)."""
     total, count = 0.0, 0
-    for y, hyper in latents:
+    for y, hyper, z in latents:
         extra = np.zeros((1, *y.shape[:2], 2), np.float32)
         extra[..., 0], extra[..., 1] = step, 1.0
+        if train_hyper:
+            margin = ((HYPER_MARGIN, HYPER_MARGIN),) * 2 + ((0, 0),)
+            hyper = np.pad(z, margin)
         bits = float(np.asarray(rate((y[None], hyper[None].astype(np.float32), extra)))[0])
         total, count = total + bits * y[..., 0].size, count + y[..., 0].size
     return total / count
@@ -170,9 +229,8 @@ def gather(config: ContextConfig, run: Path) -> tuple[Latents, Latents]:
     """Training latents (cached in the run) and evaluation latents (``config.kodak``)."""
     shipped = load(config.model)
     cache = run / LATENTS
-    if cache.exists():
-        latents = load_latents(cache)
-    else:
+    latents = load_latents(cache) if cache.exists() else None
+    if latents is None:
         latents = []
         for i, (folder, limit) in enumerate(zip(config.data, config.limits, strict=True)):
             latents += collect(shipped, folder, limit, config.scale_range, config.seed + i)
@@ -191,16 +249,23 @@ def train_context(config: ContextConfig) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     latents, evaluation = gather(config, run)
     keras.utils.set_random_seed(config.seed)
-    model = context_model(config.model, config.slices, config.hidden, config.init)
+    model = context_model(
+        config.model, config.slices, config.hidden, config.init, config.train_hyper
+    )
     config.arch = {
         **load(config.model).card.arch,
         "slices": config.slices,
         "slice_hidden": config.hidden,
     }
-    rate = rate_model(model)
+    hyper_stride = load(config.model).hyper_stride if config.train_hyper else None
+    rate = rate_model(model, hyper_stride)
     low, high = config.gain_steps
     probe = sorted({low, 0, high})
-    baseline = {s: latent_bits(rate, evaluation, s) for s in probe} if evaluation else {}
+
+    def bits(step: int) -> float:
+        return latent_bits(rate, evaluation, step, config.train_hyper)
+
+    baseline = {s: bits(s) for s in probe} if evaluation else {}
     schedule = keras.optimizers.schedules.CosineDecay(
         config.lr, config.steps, alpha=config.final_lr_ratio
     )
@@ -209,15 +274,15 @@ def train_context(config: ContextConfig) -> Path:
     )
     batches = (
         (inputs, np.zeros(config.batch, np.float32))
-        for inputs in crops(latents, config.crop, config.batch, config.gain_steps, config.seed)
+        for inputs in crops(
+            latents, config.crop, config.batch, config.gain_steps, config.seed, hyper_stride
+        )
     )
     start, epoch_steps = time.monotonic(), min(config.steps_per_epoch, config.steps)
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            change = {
-                s: f"{latent_bits(rate, evaluation, s) / baseline[s] - 1:+.2%}" for s in baseline
-            }
+            change = {s: f"{bits(s) / baseline[s] - 1:+.2%}" for s in baseline}
             log.info(
                 "step %d bits/element %.4f; y bits on kodak by gain step %s (%.2f steps/s)",
                 (epoch + 1) * epoch_steps,
@@ -259,7 +324,8 @@ def write_run(
             "lmbda": shipped.lmbda,
             "weights": None,
             "patch": None,
-            "note": "slice transforms only, rate of y on frozen shipped transforms "
+            "note": ("slice transforms and h_s" if config.train_hyper else "slice transforms only")
+            + ", rate of y on frozen shipped transforms "
             f"(gain steps {config.gain_steps[0]}..{config.gain_steps[1]})",
         },
         "history": init_history(init),
