@@ -505,9 +505,15 @@ VERSIONS = Path(__file__).parent / "data" / "versions"
 def test_files_of_earlier_releases_decode_to_their_pixels(version):
     """Files written by the release before format version 7 (a chelsea crop: version 5 with
     a shape 1 filter at quality 90, version 6 with shape 2 at quality 75), decoded by it to
-    the PNGs beside them: today's decoder gives the same pixels."""
+    the PNGs beside them: today's decoder gives those pixels, up to g_s's float arithmetic.
+
+    The PNGs were decoded where OpenVINO runs g_s in bfloat16; on an AVX2 CPU (float32)
+    the same files decode 55.3 and 55.6 dB from them, and with their filters left out
+    49.6 and 47.9 dB (2026-12-03): the bound tells a filter read as written from one
+    read wrongly or not at all."""
     data = (VERSIONS / f"version{version}.kae").read_bytes()
     assert data[16] == version
     with Image.open(VERSIONS / f"version{version}.png") as im:
         expected = np.asarray(im)
-    assert np.array_equal(np.asarray(decode(data)), expected)
+    decoded = np.asarray(decode(data))
+    assert decoded.shape == expected.shape and psnr(decoded, expected) > 52
