@@ -124,14 +124,14 @@ def crops(
     of the loss."""
     rng = np.random.default_rng(seed)
     m = latents[0][0].shape[-1]
-    ys = np.zeros((batch, size, size, m), np.float32)
     if hyper_stride:
         z_size = size // hyper_stride + 2 * HYPER_MARGIN
-        hs = np.zeros((batch, z_size, z_size, latents[0][2].shape[-1]), np.float32)
+        hs_shape = (batch, z_size, z_size, latents[0][2].shape[-1])
     else:
-        hs = np.zeros((batch, size, size, 2 * m), np.float32)
+        hs_shape = (batch, size, size, 2 * m)
     while True:
-        ys[:], hs[:] = 0, 0
+        ys = np.zeros((batch, size, size, m), np.float32)
+        hs = np.zeros(hs_shape, np.float32)
         extra = np.zeros((batch, size, size, 2), np.float32)
         for b, gain_step in enumerate(rng.integers(steps[0], steps[1] + 1, batch)):
             y, hyper, z = latents[rng.integers(len(latents))]
@@ -156,7 +156,7 @@ def crops(
                     yc, hc = yc[:, ::-1], hc[:, ::-1]
                 ys[b, :rows, :cols], hs[b, :rows, :cols] = yc, hc
             extra[b, ..., 0], extra[b, :rows, :cols, 1] = gain_step, 1.0
-        yield ys.copy(), hs.copy(), extra
+        yield ys, hs, extra
 
 
 def context_model(
