@@ -29,6 +29,7 @@ from pillow_kae.bench.bd import bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays
+from training.context import trained_prefixes
 
 
 def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
@@ -36,7 +37,7 @@ def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
     its h_s)."""
     state = json.loads((run / "state.json").read_text())
     shipped = loader.load(state["config"]["model"])
-    trained = ("slice", "h_s/") if state["config"].get("train_hyper") else ("slice",)
+    trained = trained_prefixes(state["config"].get("train_hyper", False))
     slices = {
         key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value
         for key, value in load_arrays(run / "checkpoint.npz").items()

@@ -159,6 +159,12 @@ def crops(
         yield ys, hs, extra
 
 
+def trained_prefixes(train_hyper: bool) -> tuple[str, ...]:
+    """Prefixes of the arrays a context run trains: the slice transforms, and h_s with
+    ``train_hyper``; every other array is the shipped model's."""
+    return ("slice", "h_s/") if train_hyper else ("slice",)
+
+
 def context_model(
     name: str, slices: int, hidden: int, init: str | None = None, train_hyper: bool = False
 ) -> object:
@@ -171,7 +177,7 @@ def context_model(
     model = ChannelConditionalHyperprior(slices=slices, slice_hidden=hidden, **shipped.card.arch)
     model.build()
     arrays = dict(shipped.arrays)
-    trained = ("slice", "h_s/") if train_hyper else ("slice",)
+    trained = trained_prefixes(train_hyper)
     if init:  # the other transforms stay the shipped ones
         arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith(trained))
     assign_weights(model, arrays, missing_ok=("slice",))
