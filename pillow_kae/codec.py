@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 
@@ -197,33 +198,77 @@ def _tile_hyper(
 
 
 class _SliceContext:
-    """Means and table indices of a tile's y, slice after slice (channel-conditional models).
+    """Means and table indices of a tile's y, group after group (channel-conditional models).
 
     Slice i's parameters are the h_s output corrected by the integer slice transform, which
     also sees the slices before it as the decoder has them (fixed point, ``dequantize_fixed``):
-    the encoder feeds it exactly what the decoder will, so every table choice matches. The
-    slice transforms see the tile alone (zero beyond it), so tiles stay independent.
+    the encoder feeds it exactly what the decoder will, so every table choice matches. With a
+    checkerboard, a slice is two groups: its anchors ((row + column) even, from the tile's
+    corner), then the rest with the parameters corrected again by the spatial transform,
+    which sees the decoded anchors. The transforms see the tile alone (zero beyond it), so
+    tiles stay independent.
     """
 
     def __init__(self, model: CodecModel, hyper: np.ndarray, gain_step: float) -> None:
         self.model, self.hyper, self.gain_step = model, hyper, gain_step
-        self.decoded: list[np.ndarray] = []
+        self.steps = model.slices * (2 if model.checkerboard else 1)  # groups of symbols
+        self.decoded: list[np.ndarray] = []  # finished slices, fixed point
+        self.y_hat: list[np.ndarray] = []  # finished slices, as g_s gets them
+        rows, cols = np.indices(hyper.shape[:2])
+        self.anchors = (rows + cols) % 2 == 0
+        self.positions: np.ndarray | EllipsisType = ...  # of the group params() gave
+        self.params_full: tuple[np.ndarray, np.ndarray] | None = None  # (means, log-scales)
+        self.first_half: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def params(self) -> tuple[np.ndarray, np.ndarray, slice]:
-        """(integer means, table indices, channels) of the next slice."""
+    def params(self) -> tuple[np.ndarray, np.ndarray, slice, np.ndarray | EllipsisType]:
+        """(integer means, table indices, channels, positions) of the next group: its means
+        and indices are those at ``positions`` (``...``: the whole slice; else a mask of the
+        tile's latent positions), in C order."""
         model, i = self.model, len(self.decoded)
         c, m = model.latent_channels // model.slices, model.latent_channels
         channels = slice(i * c, (i + 1) * c)
-        means = self.hyper[..., channels]
-        log_scales = self.hyper[..., m + i * c : m + (i + 1) * c]
-        inputs = np.concatenate([means, log_scales, *self.decoded], axis=-1)
-        delta = model.slice_transforms(i, inputs)
+        if self.first_half is None:
+            means = self.hyper[..., channels]
+            log_scales = self.hyper[..., m + i * c : m + (i + 1) * c]
+            inputs = np.concatenate([means, log_scales, *self.decoded], axis=-1)
+            delta = model.slice_transforms(i, inputs)
+            self.positions = self.anchors if model.checkerboard else ...
+        else:
+            means, log_scales, symbols = self.first_half
+            first = dequantize_fixed(means, symbols, inverse_gain_fixed(self.gain_step))
+            inputs = np.concatenate([means, log_scales, first * self.anchors[..., None]], -1)
+            delta = model.spatial_transforms(i, inputs)
+            self.positions = ~self.anchors
         means, log_scales = means + delta[..., :c], log_scales + delta[..., c:]
-        return means, scale_indices(log_scales, model.thresholds, self.gain_step), channels
+        self.params_full = means, log_scales
+        where = self.positions
+        indices = scale_indices(log_scales[where], model.thresholds, self.gain_step)
+        return means[where], indices, channels, where
 
-    def add(self, means: np.ndarray, symbols: np.ndarray) -> None:
-        """Record the slice just coded, as the decoder reconstructs it."""
+    def add(self, symbols: np.ndarray) -> None:
+        """Record the group just coded (``symbols`` shaped like its means), as the decoder
+        reconstructs it."""
+        means, log_scales = self.params_full
+        if self.positions is ...:
+            self._finish(means, symbols)
+            return
+        if self.first_half is None:
+            full = np.zeros(means.shape, np.int64)
+            full[self.positions] = symbols
+            self.first_half = means, log_scales, full
+            return
+        first_means, _, full = self.first_half
+        full[self.positions] = symbols
+        self.first_half = None
+        self._finish(np.where(self.anchors[..., None], first_means, means), full)
+
+    def _finish(self, means: np.ndarray, symbols: np.ndarray) -> None:
         self.decoded.append(dequantize_fixed(means, symbols, inverse_gain_fixed(self.gain_step)))
+        self.y_hat.append(_dequantize(symbols, means / (1 << ACTIVATION_BITS), self.gain_step))
+
+    def reconstruction(self) -> np.ndarray:
+        """ŷ of the tile once every group is coded."""
+        return np.concatenate(self.y_hat, axis=-1)
 
 
 def _split_params(
@@ -268,15 +313,13 @@ def _encode_image_hyperprior(
         y_tile = y[where].astype(np.float64)
         if model.slices:
             context = _SliceContext(model, hyper, gain_step)
-            for _ in range(model.slices):
-                means, indices, channels = context.params()
-                residual = y_tile[..., channels] - means / (1 << ACTIVATION_BITS)
+            for _ in range(context.steps):
+                means, indices, channels, positions = context.params()
+                residual = y_tile[..., channels][positions] - means / (1 << ACTIVATION_BITS)
                 symbols = as_values(model.y_coder.round(g * residual, indices))
                 model.y_coder.encode(encoder, symbols, indices)
-                context.add(means, symbols)
-                y_hat[(*where, channels)] = _dequantize(
-                    symbols, means / (1 << ACTIVATION_BITS), gain_step
-                )
+                context.add(symbols)
+            y_hat[where] = context.reconstruction()
         else:
             means, indices = _split_params(model, hyper, gain_step)
             symbols = as_values(model.y_coder.round(g * y_tile - g * means, indices))
@@ -302,12 +345,12 @@ def _refine(
     beyond it scored, so that windows meet without a seam; memory stays one window's.
     A window keeps the search's symbols only if, decoded by g_s, they cost less than those
     effort 0 codes: more effort never makes a window worse by what refinement minimises.
+    A channel-conditional model is searched on its hyperprior's means and tables (the slices'
+    depend on the symbols being searched); its slice coder then codes the ŷ found as y.
     """
     from pillow_kae import refinement
 
     steps = refinement.steps_for(effort)
-    if model.slices:  # (seed-dense is refused by encode_image)
-        raise ValueError(f"effort above 0 needs a plain hyperprior model, not {model.name!r}")
     stride = model.stride
     height, width = pixels.shape[:2]
     padded_h, padded_w = y.shape[0] * stride, y.shape[1] * stride
@@ -497,13 +540,10 @@ def _decode_latent_grid(
             y_hat[where] = _dequantize(symbols, means, gain_step)
             continue
         context = _SliceContext(model, hyper, gain_step)
-        for _ in range(model.slices):
-            means, indices, channels = context.params()
-            symbols = _decode_symbols(y_coder, decoder, indices)
-            context.add(means, symbols)
-            y_hat[(*where, channels)] = _dequantize(
-                symbols, means / (1 << ACTIVATION_BITS), gain_step
-            )
+        for _ in range(context.steps):
+            _, indices, _, _ = context.params()
+            context.add(_decode_symbols(y_coder, decoder, indices))
+        y_hat[where] = context.reconstruction()
     return y_hat
 
 

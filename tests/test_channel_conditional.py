@@ -26,30 +26,42 @@ from tests.conftest import SAMPLES, psnr
 
 
 def slice_arrays(
-    latent_channels: int, slices: int, hidden: int, scale: float, seed: int = 0
+    latent_channels: int,
+    slices: int,
+    hidden: int,
+    scale: float,
+    seed: int = 0,
+    checkerboard: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Random slice transforms; ``scale`` 0 makes the last layer zero (a fresh model)."""
+    """Random slice (and spatial) transforms; ``scale`` 0 makes the last layer zero (a fresh
+    model)."""
     rng = np.random.default_rng(seed)
     c = latent_channels // slices
     arrays = {}
     for i in range(slices):
-        shapes = [(2 * c + i * c, hidden), (hidden, hidden), (hidden, 2 * c)]
-        for j, (cin, cout) in enumerate(shapes):
-            last = j == len(shapes) - 1
-            std = (scale if last else 1.0) / np.sqrt(9 * cin)
-            kernel = rng.normal(0, std, (3, 3, cin, cout)).astype(np.float32)
-            arrays[f"slice{i}/conv{j}/kernel"] = kernel
-            arrays[f"slice{i}/conv{j}/bias"] = np.zeros(cout, np.float32)
+        inputs = {"slice": 2 * c + i * c, "spatial": 3 * c}
+        for prefix in ("slice", "spatial") if checkerboard else ("slice",):
+            shapes = [(inputs[prefix], hidden), (hidden, hidden), (hidden, 2 * c)]
+            for j, (cin, cout) in enumerate(shapes):
+                last = j == len(shapes) - 1
+                std = (scale if last else 1.0) / np.sqrt(9 * cin)
+                kernel = rng.normal(0, std, (3, 3, cin, cout)).astype(np.float32)
+                arrays[f"{prefix}{i}/conv{j}/kernel"] = kernel
+                arrays[f"{prefix}{i}/conv{j}/bias"] = np.zeros(cout, np.float32)
     return arrays
 
 
-def conditional(scale: float, slices: int = 4, hidden: int = 8) -> loader.CodecModel:
+def conditional(
+    scale: float, slices: int = 4, hidden: int = 8, checkerboard: bool = False
+) -> loader.CodecModel:
     """kae-mid's transforms and tables with slice transforms of the given output scale."""
     base = loader.load("kae-mid")
     arch = {**base.card.arch, "slices": slices, "slice_hidden": hidden}
+    if checkerboard:
+        arch["checkerboard"] = True
     card = replace(base.card, kind="channel-conditional", arch=arch)
-    arrays = {**base.arrays, **slice_arrays(base.latent_channels, slices, hidden, scale)}
-    return loader.CodecModel(card, arrays)
+    extra = slice_arrays(base.latent_channels, slices, hidden, scale, checkerboard=checkerboard)
+    return loader.CodecModel(card, {**base.arrays, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +69,12 @@ def pixels() -> np.ndarray:
     return np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[:150, :200]
 
 
-def test_a_fresh_slice_model_codes_like_the_hyperprior(pixels: np.ndarray) -> None:
+@pytest.mark.parametrize("checkerboard", [False, True])
+def test_a_fresh_slice_model_codes_like_the_hyperprior(
+    pixels: np.ndarray, checkerboard: bool
+) -> None:
     """Zero corrections: the same means and tables, so the very same latents and pixels."""
-    plain, fresh = loader.load("kae-mid"), conditional(scale=0.0)
+    plain, fresh = loader.load("kae-mid"), conditional(scale=0.0, checkerboard=checkerboard)
     for step in (-3, 0, 2):
         expected = codec.decode_image(
             plain, codec.encode_image(plain, pixels, step), 200, 150, step, codec.TILE_SIZE, 2
@@ -69,10 +84,12 @@ def test_a_fresh_slice_model_codes_like_the_hyperprior(pixels: np.ndarray) -> No
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("checkerboard", [False, True])
 @pytest.mark.parametrize("tile_size", [64, 1024])
-def test_slice_model_round_trip(pixels: np.ndarray, tile_size: int) -> None:
+def test_slice_model_round_trip(pixels: np.ndarray, tile_size: int, checkerboard: bool) -> None:
     """Random corrections change the means and tables, not what g_s gets up to rounding."""
-    model = conditional(scale=0.1)  # corrections of a fraction of a latent unit
+    # corrections of a fraction of a latent unit
+    model = conditional(scale=0.1, checkerboard=checkerboard)
     plain = loader.load("kae-mid")
     reference = codec.decode_image(
         plain, codec.encode_image(plain, pixels, 0, tile_size), 200, 150, 0, tile_size, 2
@@ -90,7 +107,8 @@ def test_slice_model_round_trip(pixels: np.ndarray, tile_size: int) -> None:
 def test_the_encoders_y_hat_is_the_decoders(pixels: np.ndarray, tile_size: int, step: float):
     """The restoration fit uses the encoder's ŷ instead of decoding its own payloads again:
     it must be the decoder's, bit for bit, with and without channel slices."""
-    for model in (loader.load("kae-mid"), conditional(scale=0.1)):
+    models = [loader.load("kae-mid"), conditional(0.1), conditional(0.1, checkerboard=True)]
+    for model in models:
         payloads, y_hat = codec.encode_image_latents(model, pixels, step, tile_size)
         decoded = codec._decode_latent_grid(model, payloads, 200, 150, step, tile_size)
         np.testing.assert_array_equal(y_hat, decoded)
@@ -112,8 +130,9 @@ def test_version_3_needs_a_slice_model(pixels: np.ndarray) -> None:
         codec.decode_image(plain, payloads, 200, 150, 0, codec.TILE_SIZE, 3)
 
 
-def test_a_damaged_slice_payload_is_a_clean_error(pixels: np.ndarray) -> None:
-    model = conditional(scale=0.5)
+@pytest.mark.parametrize("checkerboard", [False, True])
+def test_a_damaged_slice_payload_is_a_clean_error(pixels: np.ndarray, checkerboard: bool) -> None:
+    model = conditional(scale=0.5, checkerboard=checkerboard)
     (payload,) = codec.encode_image(model, pixels, 0)
     cut = payload[: len(payload) // 2]
     try:
@@ -198,4 +217,61 @@ def test_fixed_point_slices_approximate_keras() -> None:
         )
         inputs = np.rint(np.concatenate([hyper_i, *decoded[:i]], -1) * scale).astype(np.int64)
         got = (inputs[..., :8] + fixed(i, inputs)) / scale
+        assert np.abs(got - expected).max() < 0.02, i
+
+
+def test_the_checkerboard_codes_anchors_first_and_conditions_the_rest_on_them(
+    pixels: np.ndarray,
+) -> None:
+    """Each slice is two groups: the anchors with the slice's parameters, then the other
+    half with parameters that depend on the decoded anchors (and only there)."""
+    model = conditional(scale=0.5, checkerboard=True)
+    hyper = codec._tile_hyper(model, *_z_grid_and_box(model, pixels))
+    context = codec._SliceContext(model, hyper, 0)
+    assert context.steps == 2 * model.slices
+    anchors = context.anchors
+    assert anchors[0, 0] and not anchors[0, 1] and anchors[1, 1]
+    means_a, indices_a, channels, positions = context.params()
+    assert positions is anchors and means_a.shape == (anchors.sum(), 48)
+    context.add(np.zeros(indices_a.shape, np.int64))
+    means_zero, indices_zero, _, positions = context.params()
+    assert np.array_equal(positions, ~anchors)
+    # Other anchor symbols give other parameters for the second half.
+    again = codec._SliceContext(model, hyper, 0)
+    again.params()
+    again.add(np.full(indices_a.shape, 3, np.int64))
+    means_three, _, _, _ = again.params()
+    assert means_three.shape == means_zero.shape and not np.array_equal(means_three, means_zero)
+
+
+def _z_grid_and_box(
+    model: loader.CodecModel, pixels: np.ndarray
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    y, z_grid = codec._latent_grids(model, pixels, codec.TILE_SIZE)
+    return z_grid, (0, 0, y.shape[1] * model.stride, y.shape[0] * model.stride)
+
+
+def test_fixed_point_spatial_transforms_approximate_keras() -> None:
+    """The integer spatial transforms track the Keras model's second half of a slice."""
+    keras = pytest.importorskip("keras")
+    from pillow_kae import models
+    from pillow_kae.models.channel_conditional import anchor_mask
+    from pillow_kae.zoo.weights import assign_weights, weights_to_arrays
+
+    arch = {"channels": 8, "latent_channels": 12, "hyper_channels": 6, "slices": 3}
+    model = models.build("channel-conditional", {**arch, "slice_hidden": 8, "checkerboard": True})
+    arrays = weights_to_arrays(model, compact=False)
+    arrays.update(slice_arrays(12, 3, 8, scale=1.0, seed=5, checkerboard=True))
+    assign_weights(model, arrays)
+    fixed = FixedPointSliceTransforms(arrays, 3, prefix="spatial")
+    rng = np.random.default_rng(6)
+    params = rng.normal(0, 2, (1, 6, 7, 8)).astype(np.float32)
+    y_hat = rng.normal(0, 3, (1, 6, 7, 4)).astype(np.float32)
+    anchors = keras.ops.convert_to_numpy(anchor_mask(y_hat))
+    assert anchors[0, 0, 0, 0] == 1 and anchors[0, 0, 1, 0] == 0
+    scale = 1 << ACTIVATION_BITS
+    for i in range(3):
+        inputs = np.concatenate([params, y_hat * anchors], -1)
+        expected = keras.ops.convert_to_numpy(model.spatial_transforms[i](inputs))[0]
+        got = fixed(i, np.rint(inputs[0] * scale).astype(np.int64)) / scale
         assert np.abs(got - expected).max() < 0.02, i

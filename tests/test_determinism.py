@@ -145,6 +145,8 @@ WORKER = textwrap.dedent(
         base = loader.load("kae-mid")
         extra = dict(np.load(arrays_path))
         arch = {**base.card.arch, "slices": int(extra.pop("slices")), "slice_hidden": 8}
+        if bool(extra.pop("checkerboard")):
+            arch["checkerboard"] = True
         card = replace(base.card, kind="channel-conditional", arch=arch)
         model = loader.CodecModel(card, {**base.arrays, **extra})
         seen = {"values": [], "tables": []}
@@ -294,13 +296,16 @@ def test_symbols_identical_across_processes(cross_process, encoded_under):
     assert np.array_equal(dec_a["means"], dec_b["means"])
 
 
-def test_channel_conditional_symbols_identical_across_processes(worker, tmp_path, smooth):
-    """The integer slice transforms pick the same tables in every process and setting:
-    encoded under one, decoded under two others, four tiles, gain step -1.5 (version 4)."""
+@pytest.mark.parametrize("checkerboard", [False, True])
+def test_channel_conditional_symbols_identical_across_processes(
+    worker, tmp_path, smooth, checkerboard
+):
+    """The integer slice (and spatial) transforms pick the same tables in every process and
+    setting: encoded under one, decoded under two others, four tiles, gain step -1.5."""
     from tests.test_channel_conditional import slice_arrays
 
-    arrays = slice_arrays(192, 4, 8, scale=0.3, seed=7)
-    np.savez(tmp_path / "slices.npz", slices=4, **arrays)
+    arrays = slice_arrays(192, 4, 8, scale=0.3, seed=7, checkerboard=checkerboard)
+    np.savez(tmp_path / "slices.npz", slices=4, checkerboard=checkerboard, **arrays)
     pixels = smooth(96, 80, 3, seed=6, noise=6.0)
     np.save(tmp_path / "pixels.npy", pixels)
     common = (tmp_path / "slices.npz", tmp_path / "pixels.npy", tmp_path / "payloads.npz")

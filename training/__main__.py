@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train h_s too (the whole entropy model of y; can move PSNR a little)",
     )
+    context.add_argument(
+        "--checkerboard",
+        action="store_true",
+        help="code each slice in two halves, the second conditioned on the first (spatial context)",
+    )
 
     export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
     export.add_argument("run")
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 init=args.init,
                 train_hyper=args.train_hyper,
+                checkerboard=args.checkerboard,
             )
         )
     elif args.command in ("split", "join"):

@@ -59,6 +59,7 @@ class ContextConfig:
     kodak: str | None = None  # evaluation photos, for the log
     init: str | None = None  # a context run's checkpoint.npz to continue from
     train_hyper: bool = False  # h_s trains with the slice transforms
+    checkerboard: bool = False  # each slice in two halves, the second on the first
     arch: dict = field(default_factory=dict)
 
 
@@ -162,25 +163,32 @@ def crops(
 def trained_prefixes(train_hyper: bool) -> tuple[str, ...]:
     """Prefixes of the arrays a context run trains: the slice transforms, and h_s with
     ``train_hyper``; every other array is the shipped model's."""
-    return ("slice", "h_s/") if train_hyper else ("slice",)
+    return ("slice", "spatial", "h_s/") if train_hyper else ("slice", "spatial")
 
 
 def context_model(
-    name: str, slices: int, hidden: int, init: str | None = None, train_hyper: bool = False
+    name: str,
+    slices: int,
+    hidden: int,
+    init: str | None = None,
+    train_hyper: bool = False,
+    checkerboard: bool = False,
 ) -> object:
     """A channel-conditional model around the shipped ``name``'s transforms, frozen (but h_s,
-    with ``train_hyper``); its slice transforms start at zero, or continue those of a context
-    run's ``init`` (and its h_s, with ``train_hyper``)."""
+    with ``train_hyper``); its slice (and spatial) transforms start at zero, or continue those
+    of a context run's ``init`` (and its h_s, with ``train_hyper``)."""
     from pillow_kae.models.channel_conditional import ChannelConditionalHyperprior
 
     shipped = load(name)
-    model = ChannelConditionalHyperprior(slices=slices, slice_hidden=hidden, **shipped.card.arch)
+    model = ChannelConditionalHyperprior(
+        slices=slices, slice_hidden=hidden, checkerboard=checkerboard, **shipped.card.arch
+    )
     model.build()
     arrays = dict(shipped.arrays)
     trained = trained_prefixes(train_hyper)
     if init:  # the other transforms stay the shipped ones
         arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith(trained))
-    assign_weights(model, arrays, missing_ok=("slice",))
+    assign_weights(model, arrays, missing_ok=("slice", "spatial"))
     frozen = [model.g_a, model.g_s, model.h_a, model.entropy_bottleneck]
     for part in frozen if train_hyper else [*frozen, model.h_s]:
         part.trainable = False
@@ -256,12 +264,18 @@ def train_context(config: ContextConfig) -> Path:
     latents, evaluation = gather(config, run)
     keras.utils.set_random_seed(config.seed)
     model = context_model(
-        config.model, config.slices, config.hidden, config.init, config.train_hyper
+        config.model,
+        config.slices,
+        config.hidden,
+        config.init,
+        config.train_hyper,
+        config.checkerboard,
     )
     config.arch = {
         **load(config.model).card.arch,
         "slices": config.slices,
         "slice_hidden": config.hidden,
+        **({"checkerboard": True} if config.checkerboard else {}),
     }
     hyper_stride = load(config.model).hyper_stride if config.train_hyper else None
     rate = rate_model(model, hyper_stride)

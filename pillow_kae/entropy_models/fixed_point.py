@@ -106,7 +106,8 @@ class FixedPointSliceTransforms:
     """The slice transforms of ``ChannelConditionalHyperprior`` (3x3 convs, ReLU), in integers.
 
     Slice i maps its h_s output and the decoded slices before it (all in units of
-    2**-ACTIVATION_BITS) to integer corrections of its means and log-scales.
+    2**-ACTIVATION_BITS) to integer corrections of its means and log-scales; with the prefix
+    ``spatial``, its parameters and decoded anchors to corrections for its other half.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], slices: int, prefix: str = "slice") -> None:

@@ -11,6 +11,11 @@ The slice transforms are 'same' stride-1 3x3 convolutions with ReLU, so that
 layer starts at zero: a fresh model codes exactly like the hyperprior it was built on, which
 is what lets it be trained on top of the shipped transforms (rate only, ``training/context.py``).
 Decoding stays parallel over positions: only the ``slices`` steps are sequential.
+
+With ``checkerboard`` (He et al. 2021, as ELIC combines it with slices), each slice is coded
+in two halves: the anchors ((row + column) even, counted from the tile's corner) with the
+parameters above, then the other half with those corrected once more by ``spatial_i``,
+which sees the slice's decoded anchors around each position. Two parallel steps per slice.
 """
 
 from __future__ import annotations
@@ -39,16 +44,23 @@ def slice_transform(slice_channels: int, hidden: int, name: str) -> keras.Sequen
 
 @keras.saving.register_keras_serializable(package="pillow_kae")
 class ChannelConditionalHyperprior(MeanScaleHyperprior):
-    """The hyperprior codec with y coded in channel slices, each conditioned on the previous."""
+    """The hyperprior codec with y coded in channel slices, each conditioned on the previous
+    (and, with ``checkerboard``, each slice's second half on its first)."""
 
-    def __init__(self, slices: int = 6, slice_hidden: int = 96, **kwargs) -> None:
+    def __init__(
+        self, slices: int = 6, slice_hidden: int = 96, checkerboard: bool = False, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         if self.latent_channels % slices:
             raise ValueError("latent_channels must be a multiple of slices")
-        self.slices, self.slice_hidden = slices, slice_hidden
+        self.slices, self.slice_hidden, self.checkerboard = slices, slice_hidden, checkerboard
         self.slice_channels = self.latent_channels // slices
         self.slice_transforms = [
             slice_transform(self.slice_channels, slice_hidden, f"slice{i}") for i in range(slices)
+        ]
+        self.spatial_transforms = [
+            slice_transform(self.slice_channels, slice_hidden, f"spatial{i}")
+            for i in range(slices if checkerboard else 0)
         ]
 
     def build(self, input_shape: tuple[int | None, ...] = (None, None, None, 3)) -> None:
@@ -56,6 +68,8 @@ class ChannelConditionalHyperprior(MeanScaleHyperprior):
         batch, c = input_shape[0], self.slice_channels
         for i, transform in enumerate(self.slice_transforms):
             transform.build((batch, None, None, 2 * c + i * c))
+        for transform in self.spatial_transforms:
+            transform.build((batch, None, None, 3 * c))
         self.built = True
 
     def slice_params(self, hyper: object, decoded: list[object], i: int) -> tuple[object, object]:
@@ -77,11 +91,50 @@ class ChannelConditionalHyperprior(MeanScaleHyperprior):
             means, log_scales = self.slice_params(hyper, decoded, i)
             y_i = y[..., i * c : (i + 1) * c]
             slice_bits, y_hat = self.code_latents(y_i, means, log_scales, gain_steps, training)
+            if self.checkerboard:
+                slice_bits, y_hat = self._second_half(
+                    i, y_i, means, log_scales, slice_bits, y_hat, gain_steps, training
+                )
             bits.append(slice_bits)
             decoded.append(y_hat)
         return ops.concatenate(bits, -1), ops.concatenate(decoded, -1)
 
+    def _second_half(
+        self,
+        i: int,
+        y_i: object,
+        means: object,
+        log_scales: object,
+        bits: object,
+        y_hat: object,
+        gain_steps: object,
+        training: bool,
+    ) -> tuple[object, object]:
+        """(bits, y_hat) of slice i with its non-anchors coded again on the spatial context:
+        ``spatial_i`` sees the anchors' y_hat (zero at the non-anchors) and the slice's
+        parameters, and corrects the non-anchors' parameters."""
+        c = self.slice_channels
+        anchors = anchor_mask(y_i)
+        context = ops.concatenate([means, log_scales, y_hat * anchors], -1)
+        delta = self.spatial_transforms[i](context)
+        second_bits, second_hat = self.code_latents(
+            y_i, means + delta[..., :c], log_scales + delta[..., c:], gain_steps, training
+        )
+        return (
+            anchors * bits + (1 - anchors) * second_bits,
+            anchors * y_hat + (1 - anchors) * second_hat,
+        )
+
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(slices=self.slices, slice_hidden=self.slice_hidden)
+        config.update(
+            slices=self.slices, slice_hidden=self.slice_hidden, checkerboard=self.checkerboard
+        )
         return config
+
+
+def anchor_mask(like: object) -> object:
+    """(1, H, W, 1): 1 where (row + column) is even, the half of a slice coded first."""
+    rows = ops.arange(ops.shape(like)[1])[:, None]
+    cols = ops.arange(ops.shape(like)[2])[None, :]
+    return ops.cast(ops.equal((rows + cols) % 2, 0), like.dtype)[None, :, :, None]

@@ -110,9 +110,21 @@ class CodecModel:
         return int(self.card.arch.get("slices", 0))
 
     @property
+    def checkerboard(self) -> bool:
+        """Each slice coded in two halves, the second conditioned on the first (spatially)."""
+        return bool(self.card.arch.get("checkerboard", False))
+
+    @property
     def slice_transforms(self) -> FixedPointSliceTransforms:
         return self._part(
             "slice_transforms", lambda: FixedPointSliceTransforms(self.arrays, self.slices)
+        )
+
+    @property
+    def spatial_transforms(self) -> FixedPointSliceTransforms:
+        return self._part(
+            "spatial_transforms",
+            lambda: FixedPointSliceTransforms(self.arrays, self.slices, prefix="spatial"),
         )
 
     @property
