@@ -231,10 +231,10 @@ def test_the_checkerboard_codes_anchors_first_and_conditions_the_rest_on_them(
     assert context.steps == 2 * model.slices
     anchors = context.anchors
     assert anchors[0, 0] and not anchors[0, 1] and anchors[1, 1]
-    means_a, indices_a, channels, positions = context.params()
+    means_a, indices_a, _, positions = context.params()
     assert positions is anchors and means_a.shape == (anchors.sum(), 48)
     context.add(np.zeros(indices_a.shape, np.int64))
-    means_zero, indices_zero, _, positions = context.params()
+    means_zero, _, _, positions = context.params()
     assert np.array_equal(positions, ~anchors)
     # Other anchor symbols give other parameters for the second half.
     again = codec._SliceContext(model, hyper, 0)
