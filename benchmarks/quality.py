@@ -38,6 +38,8 @@ from pillow_kae.zoo import quality as ladder
 def _qualities(text: str) -> list[int]:
     if text == "anchors":
         return [q for q, *_ in ladder.anchor_qualities()]
+    if "," in text:
+        return [int(q) for q in text.split(",")]
     first, _, last = text.partition("-")
     return list(range(int(first), int(last or first) + 1))
 
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=1, help="every N-th image")
     parser.add_argument("--first", type=int, default=0, help="with --every: start at image I")
     parser.add_argument(
-        "--qualities", default="1-100", help="a range, e.g. 1-100, or 'anchors' (the ladder's)"
+        "--qualities",
+        default="1-100",
+        help="a range, e.g. 1-100, a list, e.g. 1,7,12, or 'anchors' (the ladder's)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON of the table")
     parser.add_argument("--against", type=Path, default=None, help="an earlier --out to compare")

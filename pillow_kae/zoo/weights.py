@@ -26,7 +26,10 @@ from typing import IO
 import numpy as np
 
 FLOAT16_MIN_SIZE = 4096
-INT8_PREFIXES = ("g_a/", "g_s/", "h_a/", "h_s/")  # the four transforms' conv kernels
+# conv kernels stored as int8: the four transforms', and the channel-conditional entropy
+# model's slice and spatial transforms (whose fixed-point copies are made from the stored
+# values, so encoder and decoder still agree bit for bit)
+INT8_PREFIXES = ("g_a/", "g_s/", "h_a/", "h_s/", "slice", "spatial")
 SCALE_SUFFIX = ":scale"  # the array of per-filter scales beside an int8 kernel
 DELTA_SUFFIX = ":delta"  # a kernel's int8 steps minus its base model's (delta storage)
 #: A delta file's record of its base's weights digest (uint8 bytes): the digest that files
