@@ -9,9 +9,9 @@ per quality, with how many files each model coded (where two models overlap, the
 may keep the model below the ladder's), and the closing lines list every quality whose mean
 bytes or PSNR is not above the quality before it (issue 6 asks for none). Kodak when
 ../shared is there, else the sample images; it says which. ``--qualities anchors`` takes
-the ladder's anchors alone (or a list: ``1,7,12``); ``--against`` an earlier run's ``--out`` prints the change at
-each quality and the BD-rate, e.g. to compare inference runtimes and precisions
-(``KAE_RUNTIME``, ``KAE_PRECISION``).
+the ladder's anchors alone (or a list: ``1,7,12``); ``--against`` an earlier run's
+``--out`` prints the change at each quality and the BD-rate, e.g. to compare inference
+runtimes and precisions (``KAE_RUNTIME``, ``KAE_PRECISION``).
 """
 
 from __future__ import annotations

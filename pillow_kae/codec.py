@@ -205,8 +205,8 @@ class _SliceContext:
     the encoder feeds it exactly what the decoder will, so every table choice matches. With a
     checkerboard, a slice is two groups: its anchors ((row + column) even, from the tile's
     corner), then the rest with the parameters corrected again by the spatial transform,
-    which sees the decoded anchors. The transforms see the tile alone (zero beyond it), so
-    tiles stay independent.
+    which sees the decoded anchors' residuals from their means. The transforms see the tile
+    alone (zero beyond it), so tiles stay independent.
     """
 
     def __init__(self, model: CodecModel, hyper: np.ndarray, gain_step: float) -> None:
@@ -235,7 +235,7 @@ class _SliceContext:
             self.positions = self.anchors if model.checkerboard else ...
         else:
             means, log_scales, symbols = self.first_half
-            first = dequantize_fixed(means, symbols, inverse_gain_fixed(self.gain_step))
+            first = dequantize_fixed(means, symbols, inverse_gain_fixed(self.gain_step)) - means
             inputs = np.concatenate([means, log_scales, first * self.anchors[..., None]], -1)
             delta = model.spatial_transforms(i, inputs)
             self.positions = ~self.anchors

@@ -282,10 +282,15 @@ def train_context(config: ContextConfig) -> Path:
     low, high = config.gain_steps
     probe = sorted({low, 0, high})
 
-    def bits(step: int) -> float:
-        return latent_bits(rate, evaluation, step, config.train_hyper)
+    def bits(step: int, of: object = rate) -> float:
+        return latent_bits(of, evaluation, step, config.train_hyper)
 
-    baseline = {s: bits(s) for s in probe} if evaluation else {}
+    # against the shipped model (fresh slices code exactly as it does), also with --init
+    shipped = rate_model(
+        context_model(config.model, config.slices, config.hidden, None, False, False),
+        hyper_stride,
+    )
+    baseline = {s: bits(s, shipped) for s in probe} if evaluation else {}
     schedule = keras.optimizers.schedules.CosineDecay(
         config.lr, config.steps, alpha=config.final_lr_ratio
     )

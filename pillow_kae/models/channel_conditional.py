@@ -15,7 +15,8 @@ Decoding stays parallel over positions: only the ``slices`` steps are sequential
 With ``checkerboard`` (He et al. 2021, as ELIC combines it with slices), each slice is coded
 in two halves: the anchors ((row + column) even, counted from the tile's corner) with the
 parameters above, then the other half with those corrected once more by ``spatial_i``,
-which sees the slice's decoded anchors around each position. Two parallel steps per slice.
+which sees the slice's decoded anchors (as residuals from their means) around each position.
+Two parallel steps per slice.
 """
 
 from __future__ import annotations
@@ -111,11 +112,12 @@ class ChannelConditionalHyperprior(MeanScaleHyperprior):
         training: bool,
     ) -> tuple[object, object]:
         """(bits, y_hat) of slice i with its non-anchors coded again on the spatial context:
-        ``spatial_i`` sees the anchors' y_hat (zero at the non-anchors) and the slice's
-        parameters, and corrects the non-anchors' parameters."""
+        ``spatial_i`` sees the anchors' decoded residuals y_hat - means (zero at the
+        non-anchors: a conv cannot tell the two apart, so it gets what predicts, not y_hat
+        beside means) and the slice's parameters, and corrects the non-anchors' parameters."""
         c = self.slice_channels
         anchors = anchor_mask(y_i)
-        context = ops.concatenate([means, log_scales, y_hat * anchors], -1)
+        context = ops.concatenate([means, log_scales, (y_hat - means) * anchors], -1)
         delta = self.spatial_transforms[i](context)
         second_bits, second_hat = self.code_latents(
             y_i, means + delta[..., :c], log_scales + delta[..., c:], gain_steps, training
