@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="code each slice in two halves, the second conditioned on the first (spatial context)",
     )
+    context.add_argument(
+        "--freeze-slices",
+        action="store_true",
+        help="keep the slice transforms of --init (train what is added to them)",
+    )
 
     export = sub.add_parser("export", help="export a run's weights and tables into pillow_kae")
     export.add_argument("run")
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 init=args.init,
                 train_hyper=args.train_hyper,
                 checkerboard=args.checkerboard,
+                freeze_slices=args.freeze_slices,
             )
         )
     elif args.command in ("split", "join"):

@@ -60,6 +60,7 @@ class ContextConfig:
     init: str | None = None  # a context run's checkpoint.npz to continue from
     train_hyper: bool = False  # h_s trains with the slice transforms
     checkerboard: bool = False  # each slice in two halves, the second on the first
+    freeze_slices: bool = False  # the slice transforms stay those of ``init``
     arch: dict = field(default_factory=dict)
 
 
@@ -173,10 +174,12 @@ def context_model(
     init: str | None = None,
     train_hyper: bool = False,
     checkerboard: bool = False,
+    freeze_slices: bool = False,
 ) -> object:
     """A channel-conditional model around the shipped ``name``'s transforms, frozen (but h_s,
     with ``train_hyper``); its slice (and spatial) transforms start at zero, or continue those
-    of a context run's ``init`` (and its h_s, with ``train_hyper``)."""
+    of a context run's ``init`` (and its h_s, with ``train_hyper``). ``freeze_slices`` keeps
+    the slice transforms as they start (to add a checkerboard to a trained slice model)."""
     from pillow_kae.models.channel_conditional import ChannelConditionalHyperprior
 
     shipped = load(name)
@@ -190,6 +193,8 @@ def context_model(
         arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith(trained))
     assign_weights(model, arrays, missing_ok=("slice", "spatial"))
     frozen = [model.g_a, model.g_s, model.h_a, model.entropy_bottleneck]
+    if freeze_slices:
+        frozen += model.slice_transforms
     for part in frozen if train_hyper else [*frozen, model.h_s]:
         part.trainable = False
     return model
@@ -270,6 +275,7 @@ def train_context(config: ContextConfig) -> Path:
         config.init,
         config.train_hyper,
         config.checkerboard,
+        config.freeze_slices,
     )
     config.arch = {
         **load(config.model).card.arch,
