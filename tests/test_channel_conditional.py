@@ -16,6 +16,7 @@ from pillow_kae import codec
 from pillow_kae.entropy_models.fixed_point import (
     ACTIVATION_BITS,
     FixedPointSliceTransforms,
+    FixedPointSpatialTransforms,
     dequantize_fixed,
     fraction_offset_fixed,
     inverse_gain_fixed,
@@ -39,15 +40,18 @@ def slice_arrays(
     c = latent_channels // slices
     arrays = {}
     for i in range(slices):
-        inputs = {"slice": 2 * c + i * c, "spatial": 3 * c}
+        layers = {
+            "slice": [(2 * c + i * c, hidden), (hidden, hidden), (hidden, 2 * c)],
+            "spatial": [(3 * c, hidden), (hidden, hidden), (hidden, 2 * c), (c, 2 * c)],
+        }
         for prefix in ("slice", "spatial") if checkerboard else ("slice",):
-            shapes = [(inputs[prefix], hidden), (hidden, hidden), (hidden, 2 * c)]
-            for j, (cin, cout) in enumerate(shapes):
-                last = j == len(shapes) - 1
+            for j, (cin, cout) in enumerate(layers[prefix]):
+                last = j >= 2  # the outputs: conv2, and the spatial transform's direct conv
                 std = (scale if last else 1.0) / np.sqrt(9 * cin)
                 kernel = rng.normal(0, std, (3, 3, cin, cout)).astype(np.float32)
-                arrays[f"{prefix}{i}/conv{j}/kernel"] = kernel
-                arrays[f"{prefix}{i}/conv{j}/bias"] = np.zeros(cout, np.float32)
+                name = f"{prefix}{i}/{'direct' if j == 3 else f'conv{j}'}"
+                arrays[f"{name}/kernel"] = kernel
+                arrays[f"{name}/bias"] = np.zeros(cout, np.float32)
     return arrays
 
 
@@ -252,7 +256,8 @@ def _z_grid_and_box(
 
 
 def test_fixed_point_spatial_transforms_approximate_keras() -> None:
-    """The integer spatial transforms track the Keras model's second half of a slice."""
+    """The integer spatial transforms (network and direct convolution) track the Keras
+    model's."""
     keras = pytest.importorskip("keras")
     from pillow_kae import models
     from pillow_kae.models.channel_conditional import anchor_mask
@@ -263,7 +268,7 @@ def test_fixed_point_spatial_transforms_approximate_keras() -> None:
     arrays = weights_to_arrays(model, compact=False)
     arrays.update(slice_arrays(12, 3, 8, scale=1.0, seed=5, checkerboard=True))
     assign_weights(model, arrays)
-    fixed = FixedPointSliceTransforms(arrays, 3, prefix="spatial")
+    fixed = FixedPointSpatialTransforms(arrays, 3)
     rng = np.random.default_rng(6)
     params = rng.normal(0, 2, (1, 6, 7, 8)).astype(np.float32)
     y_hat = rng.normal(0, 3, (1, 6, 7, 4)).astype(np.float32)

@@ -106,8 +106,7 @@ class FixedPointSliceTransforms:
     """The slice transforms of ``ChannelConditionalHyperprior`` (3x3 convs, ReLU), in integers.
 
     Slice i maps its h_s output and the decoded slices before it (all in units of
-    2**-ACTIVATION_BITS) to integer corrections of its means and log-scales; with the prefix
-    ``spatial``, its parameters and decoded anchors to corrections for its other half.
+    2**-ACTIVATION_BITS) to integer corrections of its means and log-scales.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], slices: int, prefix: str = "slice") -> None:
@@ -125,6 +124,30 @@ class FixedPointSliceTransforms:
         for layer in self.transforms[i]:
             x = layer(x)
         return x
+
+
+class FixedPointSpatialTransforms(FixedPointSliceTransforms):
+    """The spatial transforms of a checkerboard model (``SpatialContext``), in integers.
+
+    Slice i maps its corrected means and log-scales and its anchors' decoded residuals
+    (zero elsewhere) to corrections for its other half: the three-layer network on all of
+    them plus a direct 3x3 convolution of the residuals, each rounded as a layer is."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], slices: int) -> None:
+        super().__init__(arrays, slices, prefix="spatial")
+        self.direct = [
+            quantize_conv(
+                arrays[f"spatial{i}/direct/kernel"], arrays[f"spatial{i}/direct/bias"], 1, False
+            )
+            for i in range(slices)
+        ]
+
+    def __call__(self, i: int, inputs: np.ndarray) -> np.ndarray:
+        """inputs: (H, W, 3 * slice channels): means, log-scales, residuals."""
+        residuals = np.clip(
+            inputs[..., 2 * inputs.shape[-1] // 3 :], -ACTIVATION_LIMIT, ACTIVATION_LIMIT
+        )
+        return super().__call__(i, inputs) + self.direct[i](residuals)
 
 
 def scale_indices(log_scales: np.ndarray, thresholds: np.ndarray, shift: float = 0) -> np.ndarray:

@@ -19,6 +19,7 @@ from pillow_kae.entropy_models.coder import TableCoder
 from pillow_kae.entropy_models.fixed_point import (
     FixedPointHyperSynthesis,
     FixedPointSliceTransforms,
+    FixedPointSpatialTransforms,
 )
 from pillow_kae.entropy_models.tables import PmfTables
 from pillow_kae.runtime import cache, graph
@@ -121,10 +122,9 @@ class CodecModel:
         )
 
     @property
-    def spatial_transforms(self) -> FixedPointSliceTransforms:
+    def spatial_transforms(self) -> FixedPointSpatialTransforms:
         return self._part(
-            "spatial_transforms",
-            lambda: FixedPointSliceTransforms(self.arrays, self.slices, prefix="spatial"),
+            "spatial_transforms", lambda: FixedPointSpatialTransforms(self.arrays, self.slices)
         )
 
     @property
