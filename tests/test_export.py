@@ -45,7 +45,14 @@ def test_int8_kernels_round_within_half_a_step_and_nothing_else_changes(tmp_path
         "entropy_bottleneck/matrix0": rng.normal(size=(64, 3, 1)).astype(np.float32),
     }
     arrays["g_s/deconv0/kernel"][:, :, 3, 5] = 0  # an all-zero filter must not divide by zero
-    stored = quantize_int8(arrays)
+    arrays["slice0/conv2/kernel"] = (rng.normal(size=(3, 3, 96, 64)) * 0.05).astype(np.float32)
+    arrays["slice0/conv2/kernel"][:, :, 7, 9] = 1e-9  # below any float16 scale: stored as 0
+    with np.errstate(invalid="raise", divide="raise"):
+        stored = quantize_int8(arrays)
+    assert stored["slice0/conv2/kernel"].dtype == np.int8
+    assert not stored["slice0/conv2/kernel"][:, :, 7, 9].any()
+    del arrays["slice0/conv2/kernel"], stored["slice0/conv2/kernel"]
+    del stored["slice0/conv2/kernel" + SCALE_SUFFIX]
     assert stored["g_s/deconv0/kernel"].dtype == np.int8
     assert stored["g_s/deconv0/kernel" + SCALE_SUFFIX].shape == (16, 24)
     for key in ("g_a/conv0/bias", "h_s/conv0/kernel", "entropy_bottleneck/matrix0"):

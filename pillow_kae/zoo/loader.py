@@ -185,7 +185,10 @@ def _card_for(name: str, expected_digest: bytes | None) -> ModelCard:
     if old is not None:
         return old
     if current is None:
-        raise OSError(f"cannot decode KAE file: model {name!r} is not installed")
+        raise OSError(
+            f"cannot decode KAE file: model {name!r} is not installed; "
+            "install the matching pillow-kae version to decode it"
+        )
     raise OSError(
         f"file was made by KAE model {name!r} with weights {expected_digest.hex()[:16]}..., "
         f"but the installed {name!r} has weights {current.sha256[:16]}...; "

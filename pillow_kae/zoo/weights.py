@@ -76,8 +76,9 @@ def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[key] = value
             continue
         weights = np.asarray(value, np.float32)
-        peak = np.abs(weights).max(axis=(0, 1))
-        scale = np.where(peak > 0, peak / _INT8_MAX, 1).astype(np.float16)
+        scale = (np.abs(weights).max(axis=(0, 1)) / _INT8_MAX).astype(np.float16)
+        # A filter too small for a float16 scale (or all zero) is stored as zeros.
+        scale[scale == 0] = 1
         steps = np.rint(weights / scale.astype(np.float32))
         out[key] = np.clip(steps, -_INT8_MAX, _INT8_MAX).astype(np.int8)
         out[key + SCALE_SUFFIX] = scale
