@@ -337,6 +337,17 @@ def train_context(config: ContextConfig) -> Path:
     return run
 
 
+def trained_note(config: ContextConfig) -> str:
+    """What a context run trained, for its model card."""
+    parts = [] if config.freeze_slices else ["slice transforms"]
+    if config.checkerboard:
+        parts.append("checkerboard spatial transforms")
+    if config.train_hyper:
+        parts.append("h_s")
+    note = " and ".join(parts)
+    return f"{note} (slice transforms of {config.init}, frozen)" if config.freeze_slices else note
+
+
 def write_run(
     run: Path, model: object, config: ContextConfig, minutes: float, step: int | None = None
 ) -> None:
@@ -355,8 +366,7 @@ def write_run(
             "lmbda": shipped.lmbda,
             "weights": None,
             "patch": None,
-            "note": ("slice transforms and h_s" if config.train_hyper else "slice transforms only")
-            + ", rate of y on frozen shipped transforms "
+            "note": f"{trained_note(config)}, rate of y on frozen shipped transforms "
             f"(gain steps {config.gain_steps[0]}..{config.gain_steps[1]})",
         },
         "history": init_history(init),
