@@ -95,14 +95,29 @@ def test_files_of_earlier_weights_keep_decoding(path):
 
     Each sits beside the PNG it decoded to on the day it was made; decoding it now (through
     the retired decoder once a new export took its name) must give those pixels, up to the
-    last bit of float convolutions on another CPU.
+    float convolutions of another CPU: g_s runs in bfloat16 where the CPU has it, and a
+    file made on one without decodes a few levels off there (the restoration filter, exact
+    itself, starts from those pixels).
     """
     with Image.open(path) as im:
         decoded = np.asarray(im.convert("RGB"))
     with Image.open(path.with_suffix(".png")) as im:
         reference = np.asarray(im.convert("RGB"))
     assert decoded.shape == reference.shape
-    assert np.abs(decoded.astype(int) - reference).max() <= 2 and psnr(decoded, reference) > 50
+    assert np.abs(decoded.astype(int) - reference).max() <= 8 and psnr(decoded, reference) > 50
+
+
+DROPPED_FILES = Path(__file__).resolve().parent / "data" / "dropped"
+
+
+@pytest.mark.parametrize("path", sorted(DROPPED_FILES.glob("*.kae")), ids=lambda p: p.stem)
+def test_files_of_dropped_weights_are_a_clear_error(path):
+    """Files whose decoders left the package to make room (the first generation's, on
+    2026-12-04): the header still reads, and decoding names the version to install."""
+    with Image.open(path) as im:
+        assert im.size == (96, 64) and im.info["kae_model"] in ("kae-high", "kae-low", "kae-mid")
+        with pytest.raises(OSError, match="install the matching pillow-kae version"):
+            im.load()
 
 
 WEIGHTS_BUDGET = 60_000_000  # bytes: every weights file the package ships, retired included

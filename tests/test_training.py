@@ -132,7 +132,8 @@ def test_decoder_fine_tune_changes_g_s_alone(tmp_path: Path) -> None:
 
 
 def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
-    """``training context`` on a shipped model: its run codes and decodes an image."""
+    """``training context`` on a shipped model: slices, then a checkerboard added to them
+    (``--freeze-slices``); the second run's model codes and decodes an image."""
     data = str(_photos(tmp_path / "data"))
     argv = ["context", "--model", "kae-low", "--data", data, "--steps", "2", "--slices", "2"]
     argv += ["--hidden", "4", "--gain-steps", "-2", "1", "--out", str(tmp_path / "run")]
@@ -140,19 +141,27 @@ def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["config"]["kind"] == "channel-conditional" and state["step"] == 2
-    more = [*argv[:-1], str(tmp_path / "more"), "--init", str(tmp_path / "run" / "checkpoint.npz")]
-    result = _run(more)  # a run continues another: its card would list both stages
+    first = tmp_path / "run" / "checkpoint.npz"
+    more = [*argv[:-1], str(tmp_path / "more"), "--init", str(first)]
+    result = _run([*more, "--checkerboard", "--freeze-slices"])
     assert result.returncode == 0, result.stderr[-3000:]
-    history = json.loads((tmp_path / "more" / "state.json").read_text())["history"]
-    assert history[-1]["note"].startswith("slice transforms only")
-    arrays = load_arrays(tmp_path / "run" / "checkpoint.npz")
+    state = json.loads((tmp_path / "more" / "state.json").read_text())
+    assert state["history"][-1]["note"].startswith("slice transforms, ")  # the first run
+    assert state["config"]["note"].startswith("checkerboard spatial transforms (slice")
+    assert state["config"]["arch"]["checkerboard"]
+    arrays = load_arrays(tmp_path / "more" / "checkpoint.npz")
+    slices = load_arrays(first)
+    for key, value in arrays.items():
+        if key.startswith("slice"):  # frozen
+            np.testing.assert_array_equal(value, slices[key])
     shipped = loader.load("kae-low")
     for key, value in shipped.arrays.items():
-        if key in arrays:  # the transforms are the shipped ones, untouched
+        if key in arrays and not key.startswith(("slice", "spatial")):  # shipped, untouched
             np.testing.assert_allclose(arrays[key], value.astype(arrays[key].dtype))
-    arrays = {**shipped.arrays, **{k: v for k, v in arrays.items() if k.startswith("slice")}}
+    context = {k: v for k, v in arrays.items() if k.startswith(("slice", "spatial"))}
+    assert any(k.startswith("spatial1/direct") for k in context)
     card = replace(shipped.card, kind="channel-conditional", arch=state["config"]["arch"])
-    model = loader.CodecModel(card, arrays)
+    model = loader.CodecModel(card, {**shipped.arrays, **context})
     pixels = smooth_array(100, 130, seed=5, noise=4.0)
     height, width = pixels.shape[:2]
     payloads = codec.encode_image(model, pixels, -1)
@@ -176,7 +185,9 @@ def test_context_training_of_h_s_codes_and_keeps_the_other_transforms(tmp_path: 
     changed = {
         key
         for key, value in shipped.arrays.items()
-        if key in arrays and not np.allclose(arrays[key], value.astype(arrays[key].dtype))
+        if key in arrays
+        and not key.startswith(("slice", "spatial"))  # the run's own slices: 2, not 6
+        and not np.allclose(arrays[key], value.astype(arrays[key].dtype))
     }
     assert changed and all(key.startswith("h_s/") for key in changed), sorted(changed)
     trained = {k: v for k, v in arrays.items() if k.startswith(("slice", "h_s/"))}

@@ -167,6 +167,14 @@ def trained_prefixes(train_hyper: bool) -> tuple[str, ...]:
     return ("slice", "spatial", "h_s/") if train_hyper else ("slice", "spatial")
 
 
+CONTEXT_ARCH = ("slices", "slice_hidden", "checkerboard")  # what a context run chooses
+
+
+def transforms_arch(name: str) -> dict:
+    """The shipped ``name``'s architecture without its entropy model's context."""
+    return {k: v for k, v in load(name).card.arch.items() if k not in CONTEXT_ARCH}
+
+
 def context_model(
     name: str,
     slices: int,
@@ -177,17 +185,20 @@ def context_model(
     freeze_slices: bool = False,
 ) -> object:
     """A channel-conditional model around the shipped ``name``'s transforms, frozen (but h_s,
-    with ``train_hyper``); its slice (and spatial) transforms start at zero, or continue those
-    of a context run's ``init`` (and its h_s, with ``train_hyper``). ``freeze_slices`` keeps
-    the slice transforms as they start (to add a checkerboard to a trained slice model)."""
+    with ``train_hyper``); its slice (and spatial) transforms start as the shipped model's
+    where it has them in this shape, else at zero, or continue those of a context run's
+    ``init`` (and its h_s, with ``train_hyper``). ``freeze_slices`` keeps the slice
+    transforms as they start (to add a checkerboard to a trained slice model)."""
     from pillow_kae.models.channel_conditional import ChannelConditionalHyperprior
 
     shipped = load(name)
     model = ChannelConditionalHyperprior(
-        slices=slices, slice_hidden=hidden, checkerboard=checkerboard, **shipped.card.arch
+        slices=slices, slice_hidden=hidden, checkerboard=checkerboard, **transforms_arch(name)
     )
     model.build()
     arrays = dict(shipped.arrays)
+    if (shipped.slices, shipped.card.arch.get("slice_hidden")) != (slices, hidden):
+        arrays = {k: v for k, v in arrays.items() if not k.startswith(("slice", "spatial"))}
     trained = trained_prefixes(train_hyper)
     if init:  # the other transforms stay the shipped ones
         arrays.update((k, v) for k, v in load_arrays(init).items() if k.startswith(trained))
@@ -278,7 +289,7 @@ def train_context(config: ContextConfig) -> Path:
         config.freeze_slices,
     )
     config.arch = {
-        **load(config.model).card.arch,
+        **transforms_arch(config.model),
         "slices": config.slices,
         "slice_hidden": config.hidden,
         **({"checkerboard": True} if config.checkerboard else {}),
@@ -291,9 +302,15 @@ def train_context(config: ContextConfig) -> Path:
     def bits(step: int, of: object = rate) -> float:
         return latent_bits(of, evaluation, step, config.train_hyper)
 
-    # against the shipped model (fresh slices code exactly as it does), also with --init
+    # against the shipped model (as it is, or fresh slices: they code as its hyperprior)
+    card = load(config.model)
     shipped = rate_model(
-        context_model(config.model, config.slices, config.hidden, None, False, False),
+        context_model(
+            config.model,
+            card.slices or config.slices,
+            card.card.arch.get("slice_hidden", config.hidden),
+            checkerboard=card.checkerboard,
+        ),
         hyper_stride,
     )
     baseline = {s: bits(s, shipped) for s in probe} if evaluation else {}
