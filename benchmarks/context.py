@@ -1,14 +1,15 @@
-"""A channel-conditional run against the shipped model it was built on: coded bytes, PSNR, time.
+"""What an entropy model's context buys: coded bytes, PSNR and decode time, with and without.
 
-    python -m benchmarks.context RUN [--steps=-4,-2,0,2] [--folder DIR] [--every N]
+    python -m benchmarks.context RUN_OR_MODEL [--steps=-4,-2,0,2] [--folder DIR] [--every N]
 
 RUN is a ``python -m training context`` run directory: the shipped transforms of its model
-plus its slice transforms, as ``training export`` would ship them (big arrays as float16).
-Both models code every image through the codec (``codec.encode_image`` / ``decode_image``:
-real bytes, not estimates) at each latent gain step; prints the curves, the BD-rate of the
-run against the shipped model and the decode seconds per image of each, so a run can be
-judged before it is exported (export changes the model's weights hash: its old files stop
-decoding).
+plus its slice transforms, as ``training export`` would ship them (big arrays as float16),
+against the shipped model, so a run can be judged before it is exported (export changes
+the model's weights hash: its old files decode through the retired decoder). MODEL is an
+installed channel-conditional model (kae-low since 2026-12-04), against its own transforms
+coded by the plain hyperprior (its slices and checkerboard left out). Both code every image
+through the codec (``codec.encode_image`` / ``decode_image``: real bytes, not estimates)
+at each latent gain step; prints the curves, the BD-rate and the decode seconds per image.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from pillow_kae.bench.bd import bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays
-from training.context import trained_prefixes
+from training.context import CONTEXT_ARCH, trained_prefixes
+
+
+def without_context(model: loader.CodecModel) -> loader.CodecModel:
+    """``model``'s transforms and tables coded by the plain hyperprior (no slices)."""
+    arch = {k: v for k, v in model.card.arch.items() if k not in CONTEXT_ARCH}
+    card = replace(model.card, kind="mean-scale-hyperprior", arch=arch)
+    arrays = {k: v for k, v in model.arrays.items() if not k.startswith(("slice", "spatial"))}
+    return loader.CodecModel(card, arrays)
 
 
 def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
@@ -79,16 +88,20 @@ def main(argv: list[str] | None = None) -> None:
     steps = [int(s) for s in args.steps.split(",")]
     folder, paths = test_images(args.folder, args.every)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    shipped, conditional = run_model(args.run)
-    print(f"{len(images)} images from {folder}; {shipped.name} against {args.run}")
+    if (args.run / "state.json").is_file():
+        shipped, conditional = run_model(args.run)
+    else:
+        conditional = loader.load(str(args.run))
+        shipped = without_context(conditional)
+    print(f"{len(images)} images from {folder}; {args.run} against {shipped.name} without it")
     base, base_s = curve(shipped, images, steps)
     test, test_s = curve(conditional, images, steps)
-    print("| gain step | shipped bpp | dB | with slices bpp | dB |")
+    print("| gain step | without bpp | dB | with the context bpp | dB |")
     print("|---:|---:|---:|---:|---:|")
     for step, (b, p), (tb, tp) in zip(steps, base, test, strict=True):
         print(f"| {step:+d} | {b:.4f} | {p:.3f} | {tb:.4f} | {tp:.3f} |")
-    print(f"BD-rate of the run against {shipped.name}: {bd_rate(base, test):+.2f} %")
-    print(f"decode seconds per image: {base_s:.3f} shipped, {test_s:.3f} with slices")
+    print(f"BD-rate with the context against without: {bd_rate(base, test):+.2f} %")
+    print(f"decode seconds per image: {base_s:.3f} without, {test_s:.3f} with the context")
 
 
 if __name__ == "__main__":
