@@ -1,7 +1,7 @@
 """Every save quality, 1 to 100: mean bytes and PSNR, and whether both climb strictly.
 
     python -m benchmarks.quality [--folder DIR] [--every N [--first I]] [--qualities 1-100]
-                                 [--out FILE] [--against FILE]
+                                 [--out FILE] [--against FILE] [--compare BEFORE AFTER]
 
 Each image is saved with ``Image.save(..., quality=q)`` (the default ladder) and decoded
 with ``Image.open``; the table gives mean bpp, PSNR and Pillow JPEG's PSNR at the same bytes
@@ -11,7 +11,8 @@ bytes or PSNR is not above the quality before it (issue 6 asks for none). Kodak 
 ../shared is there, else the sample images; it says which. ``--qualities anchors`` takes
 the ladder's anchors alone (or a list: ``1,7,12``); ``--against`` an earlier run's
 ``--out`` prints the change at each quality and the BD-rate, e.g. to compare inference
-runtimes and precisions (``KAE_RUNTIME``, ``KAE_PRECISION``).
+runtimes and precisions (``KAE_RUNTIME``, ``KAE_PRECISION``); ``--compare BEFORE AFTER``
+does the same for two earlier ``--out`` files (weights before and after an export).
 """
 
 from __future__ import annotations
@@ -85,7 +86,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON of the table")
     parser.add_argument("--against", type=Path, default=None, help="an earlier --out to compare")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="measure nothing: compare two earlier --out files",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(path.read_text()) for path in args.compare)
+        compare({int(q): m for q, m in after["means"].items()}, before)
+        return
     folder, paths = test_images(args.folder, args.every, args.first)
     qualities = _qualities(args.qualities)
     print(f"{len(paths)} images from {folder}; qualities {qualities[0]}-{qualities[-1]}")
