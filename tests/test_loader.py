@@ -112,10 +112,10 @@ DROPPED_FILES = Path(__file__).resolve().parent / "data" / "dropped"
 
 @pytest.mark.parametrize("path", sorted(DROPPED_FILES.glob("*.kae")), ids=lambda p: p.stem)
 def test_files_of_dropped_weights_are_a_clear_error(path):
-    """Files whose decoders left the package to make room (the first generation's, on
-    2026-12-04): the header still reads, and decoding names the version to install."""
+    """Files whose decoders left the package to make room (kae-high's, on 2026-12-04): the
+    header still reads, and decoding names the version to install."""
     with Image.open(path) as im:
-        assert im.size == (96, 64) and im.info["kae_model"] in ("kae-high", "kae-low", "kae-mid")
+        assert im.size == (96, 64) and im.info["kae_model"] == "kae-high"
         with pytest.raises(OSError, match="install the matching pillow-kae version"):
             im.load()
 
