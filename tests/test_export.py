@@ -131,6 +131,46 @@ def test_a_new_export_retires_the_old_weights_and_their_files_still_decode(tmp_p
         im.load()
 
 
+def test_a_retired_decoder_takes_what_it_shares_from_the_installed_weights(tmp_path, weights_dir):
+    """An export that leaves the decoder as it was (here only g_a changes, as a context run
+    changes only the entropy model) leaves the retired file next to nothing; files of both
+    earlier exports decode exactly, even after the installed weights are replaced again."""
+    first_run = _run(tmp_path / "first", seed=1)
+    export_module.export(first_run, NAME)
+    first = zoo.card(NAME)
+    pixels = smooth_array(40, 56, seed=3, noise=4.0)
+    Image.fromarray(pixels).save(tmp_path / "first.kae", model=NAME, quality=75)
+    with Image.open(tmp_path / "first.kae") as im:
+        before = np.asarray(im.convert("RGB"))
+
+    arrays = load_arrays(first_run / "checkpoint.npz")
+    kernel = next(k for k in arrays if k.startswith("g_a/") and k.endswith("kernel"))
+    arrays[kernel] = arrays[kernel] * 1.5
+    np.savez(first_run / "checkpoint.npz", **arrays)
+    export_module.export(first_run, NAME)
+    second = zoo.card(NAME)
+    (old,) = zoo.retired().values()
+    assert old.sha256 == first.sha256 and old.base == {"name": NAME, "sha256": second.sha256}
+    with np.load(old.path) as data:
+        assert not [k for k in data.files if k.startswith(("g_s/", "h_s/", "tables/"))]
+    loader._cache.clear()
+    with Image.open(tmp_path / "first.kae") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
+    assert export_module.share_retired(NAME) == []  # nothing more to share
+
+    Image.fromarray(pixels).save(tmp_path / "second.kae", model=NAME, quality=75)
+    with Image.open(tmp_path / "second.kae") as im:
+        second_pixels = np.asarray(im.convert("RGB"))
+    export_module.export(_run(tmp_path / "third", seed=2), NAME)  # another decoder
+    assert {c.sha256 for c in zoo.retired().values()} == {first.sha256, second.sha256}
+    with np.load(zoo.retired()[(NAME, second.sha256)].path) as data:
+        assert [k for k in data.files if k.startswith("g_s/")]  # the first's, through it
+    loader._cache.clear()
+    for path, expected in (("first.kae", before), ("second.kae", second_pixels)):
+        with Image.open(tmp_path / path) as im:
+            np.testing.assert_array_equal(np.asarray(im.convert("RGB")), expected)
+
+
 def test_files_of_unknown_weights_are_refused_naming_both_digests(tmp_path, weights_dir):
     export_module.export(_run(tmp_path / "first", seed=1), NAME)
     Image.fromarray(smooth_array(32, 32, seed=3)).save(tmp_path / "a.kae", model=NAME)

@@ -136,3 +136,18 @@ def test_every_shipped_model_loads_with_its_base(name):
     assert all(np.isfinite(model.arrays[key]).all() for key in model.arrays)
     if model.card.base:
         assert zoo.installed()[model.card.base["name"]].sha256 == model.card.base["sha256"]
+
+
+@pytest.mark.parametrize("key", sorted(zoo.retired()), ids=lambda k: f"{k[0]}-{k[1][:12]}")
+def test_every_retired_decoder_loads_through_its_base(key):
+    """A retired decoder stored against the installed weights (``training share``) finds
+    every array its files need, and its base is the very weights it names."""
+    name, digest = key
+    model = loader.load(name, bytes.fromhex(digest))
+    needed = [k for k in model.arrays if k.startswith(("g_s/", "h_s/", "tables/"))]
+    assert needed and all(np.isfinite(model.arrays[k]).all() for k in needed)
+    base = model.card.base
+    if base:
+        assert (
+            loader.load(base["name"], bytes.fromhex(base["sha256"])).card.sha256 == base["sha256"]
+        )

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from pillow_kae import zoo
 from pillow_kae.zoo.weights import DELTA_STEP
 
 
@@ -146,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     retire.add_argument("names", nargs="+")
 
+    share = sub.add_parser(
+        "share",
+        help="store retired decoders against the installed weights they share arrays with",
+    )
+    share.add_argument("names", nargs="+")
+
     describe = sub.add_parser(
         "describe", help="write the inference graph into installed model cards (weights untouched)"
     )
@@ -242,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.names:
             if retire(name, uninstall=True) is None:
                 parser.error(f"{name} is not installed")
+    elif args.command == "share":
+        from training.export import share_retired
+
+        for name in args.names:
+            if name not in zoo.installed():
+                parser.error(f"{name} is not installed")
+            share_retired(name)
     elif args.command == "describe":
         from training.export import describe_installed
 

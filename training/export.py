@@ -5,7 +5,9 @@ runtime never recomputes them. The card records the data, steps and lambda of th
 the rate-distortion the shipped file measures on Kodak through the real codec.
 
 A new export that takes an installed model's name first retires the old weights (``retire``),
-so files made with them keep decoding.
+so files made with them keep decoding. The retired decoders then keep only the arrays the new
+weights do not hold byte for byte (``share_retired``): an export that changes the entropy
+model alone (a context run) leaves its predecessor's decoder costing next to nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pillow_kae.entropy_models.fixed_point import log_scale_thresholds_fixed
 from pillow_kae.entropy_models.gaussian_conditional import log_scale_thresholds, scale_table
 from pillow_kae.entropy_models.tables import gaussian_tables, stack_tables
 from pillow_kae.runtime import graph
-from pillow_kae.zoo import RETIRED, WEIGHTS_DIR, ModelCard, installed, loader, retired
+from pillow_kae.zoo import CARD_SUFFIX, RETIRED, WEIGHTS_DIR, ModelCard, installed, loader, retired
 from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import (
     BASE_DIGEST,
     DELTA_STEP,
+    SCALE_SUFFIX,
     assign_weights,
     delta_int8,
     load_arrays,
@@ -93,6 +96,82 @@ def retire(name: str, uninstall: bool = False) -> Path | None:
         old.path.with_suffix(".json").unlink()
         installed.cache_clear()
     return card_path
+
+
+#: A retired file is stored against the installed one only where that saves at least this
+#: share of its bytes: a few common tables are not worth tying one file to another.
+MIN_SHARED_SAVING = 0.25
+
+
+def _stored_arrays(model_card: ModelCard) -> dict[str, np.ndarray]:
+    """A weights file's arrays as stored (int8 steps, scales, deltas), without its base's."""
+    with np.load(model_card.path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _held_by(key: str, arrays: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> bool:
+    """Whether ``other`` stores ``arrays[key]`` byte for byte (a kernel with the same scales;
+    a scale goes with its kernel)."""
+    if key.endswith(SCALE_SUFFIX):
+        return _held_by(key.removesuffix(SCALE_SUFFIX), arrays, other)
+    if key not in other or not _same(arrays[key], other[key]):
+        return False
+    scale = key + SCALE_SUFFIX
+    if scale not in arrays or scale not in other:
+        return scale not in arrays and scale not in other
+    return _same(arrays[scale], other[scale])
+
+
+def share_retired(name: str) -> list[Path]:
+    """Store the retired decoders of ``name`` against its installed weights; returns the
+    cards rewritten.
+
+    A retired file that is not yet stored against a base, and would shrink by at least
+    ``MIN_SHARED_SAVING``, drops every array the installed file stores byte for byte (an
+    int8 kernel only together with its scales) and names the installed weights as its base
+    (``BASE_DIGEST``, as a delta does); ``loader.load`` reads the rest from there, so the
+    pixels its files decode to stay exactly the same. A later export of ``name`` retires
+    that base in turn, keeping all of its decoder arrays, so the chain always resolves.
+    """
+    current = installed().get(name)
+    if current is None or current.base:
+        return []
+    shared = _stored_arrays(current)
+    rewritten = []
+    for old in [c for (n, _), c in retired().items() if n == name and not c.base]:
+        arrays = _stored_arrays(old)
+        kept = {k: v for k, v in arrays.items() if not _held_by(k, arrays, shared)}
+        dropped = len(arrays) - len(kept)
+        kept[BASE_DIGEST] = np.frombuffer(current.digest, np.uint8)
+        data = _npz_bytes(kept)
+        before = old.path.stat().st_size
+        if len(data) > before * (1 - MIN_SHARED_SAVING):
+            continue
+        old.path.write_bytes(data)
+        card = ModelCard(
+            **{
+                **old.__dict__,
+                "stored_sha256": hashlib.sha256(data).hexdigest(),
+                "base": {"name": name, "sha256": current.sha256},
+            }
+        )
+        card_path = old.path.with_suffix(CARD_SUFFIX)
+        card_path.write_text(card.to_json())
+        rewritten.append(card_path)
+        log.info(
+            "retired %s %s... takes %d arrays from the installed weights (%.1f -> %.1f MB)",
+            name,
+            old.sha256[:12],
+            dropped,
+            before / 1e6,
+            len(data) / 1e6,
+        )
+    retired.cache_clear()
+    return rewritten
 
 
 def _dependents(name: str) -> list[str]:
@@ -229,6 +308,7 @@ def export(
     card_path.write_text(card.to_json())
     installed.cache_clear()
     log.info("exported %s (%.1f MB)", name, len(data) / 1e6)
+    share_retired(name)
 
     if kodak is not None and Path(kodak).is_dir():
         from training.evaluate import evaluate_model
