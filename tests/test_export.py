@@ -171,6 +171,42 @@ def test_a_retired_decoder_takes_what_it_shares_from_the_installed_weights(tmp_p
             np.testing.assert_array_equal(np.asarray(im.convert("RGB")), expected)
 
 
+def test_int8_storage_leaves_an_unchanged_float16_decoder_as_stored(tmp_path, weights_dir):
+    """Re-exported as int8 with the same weights (as a context run leaves the transforms),
+    a float16 model gets int8 encoder kernels, but its decoder arrays stay float16 byte for
+    byte: the retired decoder shares them all, and its files decode exactly as before."""
+    run = _run(tmp_path / "run", seed=1)
+    export_module.export(run, NAME, storage="float16")
+    first = zoo.card(NAME)
+    pixels = smooth_array(40, 56, seed=3, noise=4.0)
+    Image.fromarray(pixels).save(tmp_path / "first.kae", model=NAME, quality=75)
+    with Image.open(tmp_path / "first.kae") as im:
+        before = np.asarray(im.convert("RGB"))
+    with np.load(first.path) as data:
+        old = {k: data[k] for k in data.files}
+
+    export_module.export(run, NAME, storage="int8")
+    second = zoo.card(NAME)
+    assert second.sha256 != first.sha256 and second.storage == "mixed"
+    with np.load(second.path) as data:
+        new = {k: data[k] for k in data.files}
+    decoder = [k for k in old if k.startswith(("g_s/", "h_s/")) and old[k].ndim == 4]
+    encoder = [k for k in old if k.startswith(("g_a/", "h_a/")) and old[k].ndim == 4]
+    assert decoder and encoder
+    for key in decoder:
+        assert new[key].dtype == old[key].dtype and new[key].tobytes() == old[key].tobytes()
+        assert key + SCALE_SUFFIX not in new
+    assert any(new[k].dtype == np.int8 for k in encoder)
+
+    (retired,) = zoo.retired().values()
+    assert retired.base == {"name": NAME, "sha256": second.sha256}
+    with np.load(retired.path) as data:
+        assert not [k for k in data.files if k.startswith(("g_s/", "h_s/", "tables/"))]
+    loader._cache.clear()
+    with Image.open(tmp_path / "first.kae") as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), before)
+
+
 def test_files_of_unknown_weights_are_refused_naming_both_digests(tmp_path, weights_dir):
     export_module.export(_run(tmp_path / "first", seed=1), NAME)
     Image.fromarray(smooth_array(32, 32, seed=3)).save(tmp_path / "a.kae", model=NAME)

@@ -31,6 +31,8 @@ from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import (
     BASE_DIGEST,
     DELTA_STEP,
+    FLOAT16_MIN_SIZE,
+    INT8_PREFIXES,
     SCALE_SUFFIX,
     assign_weights,
     delta_int8,
@@ -197,6 +199,45 @@ def _delta_base(base: str, name: str) -> ModelCard:
     return base_card
 
 
+def _unchanged_decoder_arrays(name: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The stored form (dtype, int8 scales) of every decoder-side array of the installed
+    ``name`` that ``values`` holds unchanged.
+
+    An export keeps these as they are stored, whatever ``storage`` asks for the rest: what
+    earlier files decode with stays byte for byte, so the retired decoder shares all of it
+    (``share_retired``) and costs next to nothing. That is how a float16 model gets int8
+    encoder kernels (and new entropy-model arrays) without paying for its decoder twice.
+    """
+    current = installed().get(name)
+    if current is None or current.base:
+        return {}
+    stored = _stored_arrays(current)
+    installed_values = load_arrays(current.path)
+    kept: dict[str, np.ndarray] = {}
+    for key, value in values.items():
+        old = installed_values.get(key)
+        if key.startswith(ENCODER_PREFIXES) or old is None or key not in stored:
+            continue
+        if old.shape == value.shape and np.array_equal(
+            np.asarray(old, np.float64), np.asarray(value, np.float64)
+        ):
+            kept[key] = stored[key]
+            if key + SCALE_SUFFIX in stored:
+                kept[key + SCALE_SUFFIX] = stored[key + SCALE_SUFFIX]
+    return kept
+
+
+def _storage_of(arrays: dict[str, np.ndarray]) -> str:
+    """The card's ``storage``: "int8" if every conv kernel quantize_int8 would take is int8,
+    "float16" if none is, else "mixed" (which cannot be a delta's base)."""
+    kinds = {
+        value.dtype == np.int8
+        for key, value in arrays.items()
+        if key.startswith(INT8_PREFIXES) and value.ndim == 4 and value.size >= FLOAT16_MIN_SIZE
+    }
+    return "mixed" if len(kinds) > 1 else "int8" if kinds == {True} else "float16"
+
+
 def z_tables(model: object) -> dict[str, np.ndarray]:
     """Per-channel tables of the factorized prior, each trimmed to where its mass is.
 
@@ -273,8 +314,13 @@ def export(
     if kind == "seed-dense":  # no conv kernels to store as int8
         storage = "float16"
     arrays = weights_to_arrays(model, compact=True)
+    kept = _unchanged_decoder_arrays(name, weights_to_arrays(model, compact=False))
     if storage == "int8" and base_card is None:
         arrays = quantize_int8(arrays)
+    if base_card is None and kept:
+        arrays = {k: v for k, v in arrays.items() if k.removesuffix(SCALE_SUFFIX) not in kept}
+        arrays.update(kept)
+        storage = _storage_of(arrays)
     arrays.update(z_tables(model))
     if kind != "seed-dense":
         arrays.update(gaussian_tables(scale_table()).to_arrays(Y_TABLES))

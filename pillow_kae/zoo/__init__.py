@@ -35,7 +35,7 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     graph: dict = field(default_factory=dict)  # transform -> layer list (runtime.graph)
-    storage: str = "float16"  # conv kernels as stored: "float16" or "int8" (zoo.weights)
+    storage: str = "float16"  # conv kernels as stored: "float16", "int8" or "mixed" (zoo.weights)
     stored_sha256: str = ""  # a retired model's stripped file; sha256 stays what files name
     base: dict = field(default_factory=dict)  # delta storage: the base's name and sha256
     #: The gain steps of quality 1 and 100 when the model is chosen by name (quality 75 is
