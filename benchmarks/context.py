@@ -1,20 +1,26 @@
-"""What an entropy model's context buys: coded bytes, PSNR and decode time, with and without.
+"""What an entropy model's context (or a partial fine-tune) buys: coded bytes, PSNR and
+decode time, with and without.
 
     python -m benchmarks.context RUN_OR_MODEL [--steps=-4,-2,0,2] [--folder DIR] [--every N]
 
-RUN is a ``python -m training context`` run directory: the shipped transforms of its model
-plus its slice transforms, as ``training export`` would ship them (big arrays as float16),
-against the shipped model, so a run can be judged before it is exported (export changes
-the model's weights hash: its old files decode through the retired decoder). MODEL is an
-installed channel-conditional model (kae-low since 2026-12-04), against its own transforms
-coded by the plain hyperprior (its slices and checkerboard left out). Both code every image
-through the codec (``codec.encode_image`` / ``decode_image``: real bytes, not estimates)
-at each latent gain step; prints the curves, the BD-rate and the decode seconds per image.
+RUN is a ``python -m training context`` run directory (the shipped transforms of its model
+plus its slice transforms) or a ``python -m training train --train-only PART...`` run
+started from shipped weights (an encoder fine-tune, ``--train-only g_a h_a``, keeps the
+shipped decoder), with what it trained stored as ``training export`` would ship it (big
+arrays as float16, conv kernels as int8), against the shipped model, so a run can be
+judged before it is exported (export changes the model's weights hash: its old files
+decode through the retired decoder). MODEL is an installed channel-conditional model
+(kae-low since 2026-12-04), against its own transforms coded by the plain hyperprior (its
+slices and checkerboard left out). Both code every image through the codec
+(``codec.encode_image`` / ``decode_image``: real bytes, not estimates) at each latent gain
+step; prints the curves, the BD-rate and the decode seconds per image.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import time
 from dataclasses import replace
@@ -25,12 +31,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.rd import test_images
-from pillow_kae import codec
+from pillow_kae import codec, zoo
 from pillow_kae.bench.bd import bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader
-from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays
+from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays, quantize_int8
 from training.context import CONTEXT_ARCH, trained_prefixes
+from training.lineage import CHECKPOINT, STATE
 
 
 def without_context(model: loader.CodecModel) -> loader.CodecModel:
@@ -42,18 +49,37 @@ def without_context(model: loader.CodecModel) -> loader.CodecModel:
 
 
 def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
-    """(the shipped model, the same with the run's slice transforms and, if it trained it,
-    its h_s)."""
-    state = json.loads((run / "state.json").read_text())
-    shipped = loader.load(state["config"]["model"])
-    trained = trained_prefixes(state["config"].get("train_hyper", False))
-    slices = {
+    """(the shipped model, the same with what the run trained, stored as ``training export``
+    stores new arrays: big ones float16, conv kernels int8).
+
+    A ``training context`` run trained slice transforms (and, with ``--train-hyper``, h_s);
+    a ``training train --train-only PART...`` run from shipped weights trained those parts
+    (``g_a h_a``: an encoder fine-tune, whose files the shipped decoder reads)."""
+    state = json.loads((run / STATE).read_text())
+    config = state["config"]
+    if config.get("train_only"):
+        init = Path(config.get("init") or "")
+        if init.parent.resolve() != zoo.WEIGHTS_DIR.resolve():
+            raise ValueError(f"{run} did not start from shipped weights (--init {init})")
+        shipped = loader.load(init.stem)
+        trained = tuple(f"{part}/" for part in config["train_only"])
+        card = shipped.card
+    else:
+        shipped = loader.load(config["model"])
+        trained = trained_prefixes(config.get("train_hyper", False))
+        card = replace(shipped.card, kind="channel-conditional", arch=config["arch"])
+    checkpoint = (run / CHECKPOINT).read_bytes()
+    new = {
         key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value
-        for key, value in load_arrays(run / "checkpoint.npz").items()
+        for key, value in load_arrays(io.BytesIO(checkpoint)).items()
         if key.startswith(trained)
     }
-    card = replace(shipped.card, kind="channel-conditional", arch=state["config"]["arch"])
-    return shipped, loader.CodecModel(card, {**shipped.arrays, **slices})
+    stored = io.BytesIO()
+    np.savez(stored, **quantize_int8(new))
+    stored.seek(0)
+    # Its own digest: the graph cache must not hand it the shipped model's g_a.
+    card = replace(card, sha256=hashlib.sha256(checkpoint).hexdigest())
+    return shipped, loader.CodecModel(card, {**shipped.arrays, **load_arrays(stored)})
 
 
 def curve(
@@ -88,20 +114,22 @@ def main(argv: list[str] | None = None) -> None:
     steps = [int(s) for s in args.steps.split(",")]
     folder, paths = test_images(args.folder, args.every)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    if (args.run / "state.json").is_file():
+    if (args.run / STATE).is_file():
         shipped, conditional = run_model(args.run)
+        label = "the run"
     else:
         conditional = loader.load(str(args.run))
         shipped = without_context(conditional)
+        label = "the context"
     print(f"{len(images)} images from {folder}; {args.run} against {shipped.name} without it")
     base, base_s = curve(shipped, images, steps)
     test, test_s = curve(conditional, images, steps)
-    print("| gain step | without bpp | dB | with the context bpp | dB |")
+    print(f"| gain step | without bpp | dB | with {label} bpp | dB |")
     print("|---:|---:|---:|---:|---:|")
     for step, (b, p), (tb, tp) in zip(steps, base, test, strict=True):
         print(f"| {step:+d} | {b:.4f} | {p:.3f} | {tb:.4f} | {tp:.3f} |")
-    print(f"BD-rate with the context against without: {bd_rate(base, test):+.2f} %")
-    print(f"decode seconds per image: {base_s:.3f} without, {test_s:.3f} with the context")
+    print(f"BD-rate with {label} against without: {bd_rate(base, test):+.2f} %")
+    print(f"decode seconds per image: {base_s:.3f} without, {test_s:.3f} with {label}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def _photos(folder: Path) -> Path:
 
 
 def test_channel_conditional_warm_starts_from_a_plain_hyperprior(tmp_path: Path) -> None:
-    """The slice transforms are added at zero to a trained hyperprior, then trained jointly."""
+    """The slice and checkerboard transforms are added at zero to a trained hyperprior, then
+    trained jointly with it (the transforms trained with their context, a GPU job)."""
     data = str(_photos(tmp_path / "data"))
     common = ["--data", data, "--lmbda", "0.01", "--steps", "1", "--steps-per-epoch", "1"]
     common += ["--batch", "2", "--patch", "64", "--workers", "1"]
@@ -88,15 +89,20 @@ def test_channel_conditional_warm_starts_from_a_plain_hyperprior(tmp_path: Path)
     plain = _run(["train", *common, "--out", str(tmp_path / "plain")])
     assert plain.returncode == 0, plain.stderr[-3000:]
     init = str(tmp_path / "plain" / "checkpoint.npz")
-    argv = ["train", *common, "--arch", "channel-conditional", "--slices", "2"]
-    argv += ["--slice-hidden", "4", "--init", init, "--out", str(tmp_path / "cc")]
+    argv = ["train", *common, "--arch", "channel-conditional", "--slices", "2", "--checkerboard"]
+    argv += ["--slice-hidden", "4", "--init", init, "--steps", "3", "--out", str(tmp_path / "cc")]
     result = _run(argv)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "cc" / "state.json").read_text())
     assert state["config"]["kind"] == "channel-conditional"
-    assert state["config"]["arch"]["slices"] == 2
+    assert state["config"]["arch"]["slices"] == 2 and state["config"]["arch"]["checkerboard"]
     with np.load(tmp_path / "cc" / "checkpoint.npz") as arrays:
         assert arrays["slice1/conv2/kernel"].shape == (3, 3, 4, 8)
+        assert arrays["spatial1/direct/kernel"].shape == (3, 3, 4, 8)
+        assert np.abs(arrays["spatial1/conv2/kernel"]).max() > 0  # trained from zero
+    plain_only = _run(["train", *common, "--checkerboard", "--out", str(tmp_path / "no")])
+    assert plain_only.returncode != 0
+    assert "--checkerboard needs --arch channel-conditional" in plain_only.stderr
 
 
 def test_variable_rate_training_at_random_gain_steps(tmp_path: Path) -> None:

@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         "--slice-hidden", type=int, default=96, help="channel-conditional: slice transform width"
     )
     train.add_argument(
+        "--checkerboard",
+        action="store_true",
+        help="channel-conditional: code each slice in two halves, the second conditioned on "
+        "the first (its spatial transforms start at zero when the init has none)",
+    )
+    train.add_argument(
         "--train-only",
         nargs="+",
         metavar="PART",
@@ -179,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.steps is None:
             parser.error("train needs --steps (except --arch seed-dense --lmbda 0)")
+        if args.checkerboard and args.arch != "channel-conditional":
+            parser.error("--checkerboard needs --arch channel-conditional")
         if args.arch == "seed-dense":
             kind, arch = "seed-dense", {"hidden": args.hidden}
         else:
@@ -191,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.arch == "channel-conditional":
                 kind = "channel-conditional"
                 arch.update(slices=args.slices, slice_hidden=args.slice_hidden)
+                if args.checkerboard:
+                    arch["checkerboard"] = True
 
         config = TrainConfig(
             data=args.data,

@@ -232,15 +232,16 @@ def train(config: TrainConfig) -> Path:
             assign_weights(model, load_arrays(run / CHECKPOINT))
             log.info("resuming %s at step %d", run, start_step)
         elif config.init:
-            # A channel-conditional model may start from a plain hyperprior: its slice
-            # transforms then start at zero, coding exactly as the hyperprior did.
+            # A channel-conditional model may start from a plain hyperprior (or a checkerboard
+            # from slices without one): what the init lacks starts at zero, coding exactly
+            # as the init did.
             arrays = load_arrays(config.init)
             narrow = arch_of(arrays)
             wide = {key: config.arch.get(key, value) for key, value in narrow.items()}
             if wide != narrow:
                 arrays = widen_arrays(arrays, model, narrow, wide)
                 log.info("widened %s to %s", narrow, wide)
-            assign_weights(model, arrays, missing_ok=("slice",))
+            assign_weights(model, arrays, missing_ok=("slice", "spatial"))
             log.info("warm start from %s", config.init)
         if config.train_only:
             freeze_all_but(model, config.train_only)
