@@ -31,12 +31,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.rd import test_images
-from pillow_kae import codec, zoo
+from pillow_kae import codec, models, zoo
 from pillow_kae.bench.bd import bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader
-from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, load_arrays, quantize_int8
+from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, assign_weights, load_arrays, quantize_int8
 from training.context import CONTEXT_ARCH, trained_prefixes
+from training.export import z_tables
 from training.lineage import CHECKPOINT, STATE
 
 
@@ -53,21 +54,21 @@ def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
     stores new arrays: big ones float16, conv kernels int8).
 
     A ``training context`` run trained slice transforms (and, with ``--train-hyper``, h_s);
-    a ``training train --train-only PART...`` run from shipped weights trained those parts
-    (``g_a h_a``: an encoder fine-tune, whose files the shipped decoder reads)."""
+    a ``training train`` run from shipped weights trained the whole model, or the parts it
+    names with ``--train-only`` (``g_a h_a``: an encoder fine-tune, whose files the shipped
+    decoder reads)."""
     state = json.loads((run / STATE).read_text())
     config = state["config"]
-    if config.get("train_only"):
+    if "model" in config:
+        shipped = loader.load(config["model"])
+        trained = trained_prefixes(config.get("train_hyper", False))
+    else:
         init = Path(config.get("init") or "")
         if init.parent.resolve() != zoo.WEIGHTS_DIR.resolve():
             raise ValueError(f"{run} did not start from shipped weights (--init {init})")
         shipped = loader.load(init.stem)
-        trained = tuple(f"{part}/" for part in config["train_only"])
-        card = shipped.card
-    else:
-        shipped = loader.load(config["model"])
-        trained = trained_prefixes(config.get("train_hyper", False))
-        card = replace(shipped.card, kind="channel-conditional", arch=config["arch"])
+        trained = tuple(f"{part}/" for part in config.get("train_only") or ()) or ("",)
+    card = replace(shipped.card, kind=config["kind"], arch=config["arch"])
     checkpoint = (run / CHECKPOINT).read_bytes()
     new = {
         key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value
@@ -77,9 +78,14 @@ def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
     stored = io.BytesIO()
     np.savez(stored, **quantize_int8(new))
     stored.seek(0)
+    arrays = {**shipped.arrays, **load_arrays(stored)}
+    if any(key.startswith("entropy_bottleneck/") for key in new):  # z's tables, as exported
+        keras_model = models.build(config["kind"], config["arch"])
+        assign_weights(keras_model, arrays)
+        arrays.update(z_tables(keras_model))
     # Its own digest: the graph cache must not hand it the shipped model's g_a.
     card = replace(card, sha256=hashlib.sha256(checkpoint).hexdigest())
-    return shipped, loader.CodecModel(card, {**shipped.arrays, **load_arrays(stored)})
+    return shipped, loader.CodecModel(card, arrays)
 
 
 def curve(

@@ -89,7 +89,8 @@ class EntropyBottleneck(keras.layers.Layer):
         sign = -np.sign(lower + upper)
 
         def sigmoid(v: np.ndarray) -> np.ndarray:
-            return 1.0 / (1.0 + np.exp(-v))
+            with np.errstate(over="ignore"):  # exp(-v) = inf far in a tail: exactly 0 there
+                return 1.0 / (1.0 + np.exp(-v))
 
         return np.abs(sigmoid(sign * upper) - sigmoid(sign * lower))[:, 0, :]
 
