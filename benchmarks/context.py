@@ -4,10 +4,11 @@ decode time, with and without.
     python -m benchmarks.context RUN_OR_MODEL [--steps=-4,-2,0,2] [--folder DIR] [--every N]
 
 RUN is a ``python -m training context`` run directory (the shipped transforms of its model
-plus its slice transforms) or a ``python -m training train --train-only PART...`` run
-started from shipped weights (an encoder fine-tune, ``--train-only g_a h_a``, keeps the
-shipped decoder), with what it trained stored as ``training export`` would ship it (big
-arrays as float16, conv kernels as int8), against the shipped model, so a run can be
+plus its slice transforms) or a ``python -m training train`` run started from shipped
+weights (all of it, or the parts ``--train-only`` names: an encoder fine-tune,
+``--train-only g_a h_a``, keeps the shipped decoder), with what it trained stored as
+``training export`` would ship it (big arrays as float16, conv kernels as int8, z's tables
+made again), against the shipped model, so a run can be
 judged before it is exported (export changes the model's weights hash: its old files
 decode through the retired decoder). MODEL is an installed channel-conditional model
 (kae-low since 2026-12-04), against its own transforms coded by the plain hyperprior (its
