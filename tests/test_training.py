@@ -137,6 +137,31 @@ def test_decoder_fine_tune_changes_g_s_alone(tmp_path: Path) -> None:
     assert wrong.returncode != 0 and "no sub-model decoder" in wrong.stderr
 
 
+def test_an_encoder_fine_tune_is_measured_with_the_shipped_decoder(tmp_path: Path) -> None:
+    """``--train-only g_a h_a`` from shipped weights; ``benchmarks.context`` then codes with
+    the run's encoder (int8, as exported) and the shipped decoder, under its own digest."""
+    from benchmarks.context import run_model
+
+    data = str(_photos(tmp_path / "data"))
+    argv = ["train", "--data", data, "--lmbda", "0.013", "--steps", "3", "--batch", "2"]
+    argv += ["--steps-per-epoch", "1", "--patch", "64", "--workers", "1", "--lr", "1e-3"]
+    argv += ["--init", str(ROOT / "pillow_kae" / "weights" / "kae-mid.npz")]
+    argv += ["--train-only", "g_a", "h_a", "--out", str(tmp_path / "enc")]
+    result = _run(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shipped, model = run_model(tmp_path / "enc")
+    assert shipped.name == "kae-mid" and model.card.sha256 != shipped.card.sha256
+    decoder = [k for k in shipped.arrays if k.startswith(("g_s/", "h_s/", "tables/"))]
+    for key in decoder:
+        np.testing.assert_array_equal(model.arrays[key], shipped.arrays[key])
+    assert not np.array_equal(model.arrays["g_a/conv3/kernel"], shipped.arrays["g_a/conv3/kernel"])
+    pixels = smooth_array(100, 130, seed=5, noise=4.0)
+    height, width = pixels.shape[:2]
+    payloads = codec.encode_image(model, pixels, 0)
+    decoded = codec.decode_image(shipped, payloads, width, height, 0, codec.TILE_SIZE, 2)
+    assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 20
+
+
 def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     """``training context`` on a shipped model: slices, then a checkerboard added to them
     (``--freeze-slices``); the second run's model codes and decodes an image."""
