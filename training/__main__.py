@@ -1,4 +1,4 @@
-"""python -m training {train,context,export,retire,describe,split,join} ..."""
+"""python -m training {train,context,export,retire,share,describe,bundle,split,join} ..."""
 
 from __future__ import annotations
 
@@ -164,6 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     describe.add_argument("names", nargs="+")
 
+    bundle = sub.add_parser(
+        "bundle", help="sample training photos into data_bundle/ for a lent GPU call"
+    )
+    bundle.add_argument(
+        "--source",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("NAME", "FOLDER", "COUNT"),
+        help="COUNT random photos of FOLDER into OUT/NAME (repeat for each folder)",
+    )
+    bundle.add_argument("--out", default="data_bundle")
+    bundle.add_argument("--seed", type=int, default=0)
+
     for verb, text in (
         ("split", "cut a run's checkpoint into parts under the device tool's file limit"),
         ("join", "put a run's checkpoint back together from its parts"),
@@ -224,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             train_only=args.train_only,
         )
         train(config)
+    elif args.command == "bundle":
+        from training.bundle import bundle as make_bundle
+
+        try:
+            sources = [(name, Path(folder), int(count)) for name, folder, count in args.source]
+        except ValueError:
+            parser.error("--source takes NAME FOLDER COUNT, COUNT a whole number")
+        make_bundle(sources, Path(args.out), args.seed)
     elif args.command == "context":
         from training.context import ContextConfig, train_context
 
