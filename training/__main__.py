@@ -171,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         "--source",
         nargs=3,
         action="append",
-        required=True,
+        default=[],
         metavar=("NAME", "FOLDER", "COUNT"),
         help="COUNT random photos of FOLDER into OUT/NAME (repeat for each folder)",
     )
     bundle.add_argument("--out", default="data_bundle")
     bundle.add_argument("--seed", type=int, default=0)
+    bundle.add_argument(
+        "--wheels", action="store_true", help="also download Keras's wheels into .whl/"
+    )
 
     for verb, text in (
         ("split", "cut a run's checkpoint into parts under the device tool's file limit"),
@@ -240,12 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         train(config)
     elif args.command == "bundle":
         from training.bundle import bundle as make_bundle
+        from training.bundle import wheels
 
+        if not args.source and not args.wheels:
+            parser.error("bundle needs --source NAME FOLDER COUNT (repeated), --wheels, or both")
         try:
             sources = [(name, Path(folder), int(count)) for name, folder, count in args.source]
         except ValueError:
             parser.error("--source takes NAME FOLDER COUNT, COUNT a whole number")
-        make_bundle(sources, Path(args.out), args.seed)
+        if sources:
+            make_bundle(sources, Path(args.out), args.seed)
+        if args.wheels:
+            wheels(Path(".whl"))
     elif args.command == "context":
         from training.context import ContextConfig, train_context
 
