@@ -314,10 +314,12 @@ def export(
     if kind == "seed-dense":  # no conv kernels to store as int8
         storage = "float16"
     arrays = weights_to_arrays(model, compact=True)
-    kept = _unchanged_decoder_arrays(name, weights_to_arrays(model, compact=False))
     if storage == "int8" and base_card is None:
         arrays = quantize_int8(arrays)
-    if base_card is None and kept:
+    kept = {}
+    if base_card is None:  # a delta stores its kernels against the base's, not as they were
+        kept = _unchanged_decoder_arrays(name, weights_to_arrays(model, compact=False))
+    if kept:
         arrays = {k: v for k, v in arrays.items() if k.removesuffix(SCALE_SUFFIX) not in kept}
         arrays.update(kept)
         storage = _storage_of(arrays)
