@@ -69,7 +69,6 @@ def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
             raise ValueError(f"{run} did not start from shipped weights (--init {init})")
         shipped = loader.load(init.stem)
         trained = tuple(f"{part}/" for part in config.get("train_only") or ()) or ("",)
-    card = replace(shipped.card, kind=config["kind"], arch=config["arch"])
     checkpoint = (run / CHECKPOINT).read_bytes()
     new = {
         key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value
@@ -85,7 +84,8 @@ def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
         assign_weights(keras_model, arrays)
         arrays.update(z_tables(keras_model))
     # Its own digest: the graph cache must not hand it the shipped model's g_a.
-    card = replace(card, sha256=hashlib.sha256(checkpoint).hexdigest())
+    digest = hashlib.sha256(checkpoint).hexdigest()
+    card = replace(shipped.card, kind=config["kind"], arch=config["arch"], sha256=digest)
     return shipped, loader.CodecModel(card, arrays)
 
 
