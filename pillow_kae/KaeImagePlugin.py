@@ -10,13 +10,16 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from pillow_kae import container
 from pillow_kae.zoo import quality as quality_ladder
+
+if TYPE_CHECKING:
+    from pillow_kae.zoo.loader import CodecModel
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +128,9 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
 
     header = kae.header
     model = loader.load(header.model_name, header.weights_hash)
-    if (header.latent_channels, header.hyper_channels) != (
-        model.latent_channels,
-        model.hyper_channels,
-    ) or (header.stride, header.hyper_stride) != (model.stride, model.hyper_stride):
+    stored = (header.latent_channels, header.hyper_channels, header.stride, header.hyper_stride)
+    fixed = (model.latent_channels, model.hyper_channels, model.stride, model.hyper_stride)
+    if header.latent_channels is not None and stored != fixed:  # before version 8
         raise OSError(f"KAE header does not match model {header.model_name!r}")
     if header.tile_size > codec.MAX_TILE_SIZE:
         raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
@@ -230,15 +232,12 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         height=im.height,
         mode=mode,
         model_name=model.name,
-        weights_hash=model.card.digest,
+        weights_hash=model.card.digest[: container.weights_hash_length(version)],
         quality=int(quality),
         tile_size=codec.TILE_SIZE,
-        latent_channels=model.latent_channels,
-        hyper_channels=model.hyper_channels,
-        stride=model.stride,
-        hyper_stride=model.hyper_stride,
         gain_step=container.Header.gain_step_field(gain_step, version),
         version=version,
+        **_model_fields(model, version),
     )
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
     kae = container.KaeFile(
@@ -252,6 +251,14 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     )
     data = container.dumps(kae)
     fp.write(data)  # only once everything is encoded: a failed save writes nothing
+
+
+def _model_fields(model: CodecModel, version: int) -> dict[str, int]:
+    """What the model fixes, which headers before version 8 store as a check."""
+    if version >= container.COMPACT_VERSION:
+        return {}
+    names = ("latent_channels", "hyper_channels", "stride", "hyper_stride")
+    return {name: getattr(model, name) for name in names}
 
 
 Image.register_open(FORMAT, KaeImageFile, _accept)

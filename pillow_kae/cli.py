@@ -40,6 +40,7 @@ from pillow_kae import zoo as model_zoo
 from pillow_kae.container import (
     CASCADE_RESTORATION_VERSION,
     COLOUR_RESTORATION_VERSION,
+    COMPACT_VERSION,
     RESTORATION_VERSION,
 )
 from pillow_kae.KaeImagePlugin import DEFAULT_QUALITY
@@ -181,8 +182,9 @@ def _file_info(path: Path) -> dict:
         "model": header.model_name,
         "weights_hash": header.weights_hash.hex(),
         "model_installed": card is not None,
-        "weights_match": card is not None and card.digest == header.weights_hash,
-        "weights_retired": (header.model_name, header.weights_hash.hex()) in model_zoo.retired(),
+        "weights_match": card is not None and card.digest.startswith(header.weights_hash),
+        "weights_retired": model_zoo.retired_card(header.model_name, header.weights_hash)
+        is not None,
         "quality": header.quality,
         "format_version": header.version,
         "gain_step": header.step,
@@ -201,6 +203,7 @@ _VERSION_NOTES = {
     RESTORATION_VERSION: " (with a restoration filter)",
     COLOUR_RESTORATION_VERSION: " (with a restoration filter, shape 2)",
     CASCADE_RESTORATION_VERSION: " (with restoration filters, shape 3)",
+    COMPACT_VERSION: " (compact header; restoration filters of shape 3 if any)",
 }
 
 

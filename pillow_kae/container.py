@@ -28,6 +28,7 @@ __all__ = [
     "CASCADE_RESTORATION_VERSION",
     "CHANNEL_CONDITIONAL_VERSION",
     "COLOUR_RESTORATION_VERSION",
+    "COMPACT_VERSION",
     "FINE_GAIN_VERSION",
     "FORMAT_VERSION",
     "GAIN_STEP_DIVISIONS",
@@ -41,9 +42,11 @@ __all__ = [
     "KaeFile",
     "KaeFormatError",
     "accept",
+    "coding_version",
     "dumps",
     "read",
     "read_header",
+    "weights_hash_length",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,7 +70,8 @@ FINE_GAIN_VERSION = 4
 RESTORATION_VERSION = 5
 COLOUR_RESTORATION_VERSION = 6
 CASCADE_RESTORATION_VERSION = 7
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+COMPACT_VERSION = 8
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 #: Largest width or height a header may declare.
 MAX_DIMENSION = 2**24
@@ -102,9 +106,13 @@ _METADATA_CHUNKS: dict[bytes, str] = {
 
 _MODEL_NAME_RE = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 _HASH_LENGTH = 32
+#: Version 8 stores the first bytes of the SHA-256 only: 64 bits tell any two exports apart
+#: (two share them with a chance of 2**-64), where a whole digest is 24 bytes more per file.
+_COMPACT_HASH_LENGTH = 8
 # KHDR without its two variable-length strings (whose length bytes are counted).
 _KHDR_FIXED_LENGTH = 54
-_KHDR_MIN_LENGTH = _KHDR_FIXED_LENGTH + 1 + 1  # shortest mode "L", 1-char name
+_COMPACT_FIXED_LENGTH = 22  # version 8: no mode string (a code), the name's length counted
+_KHDR_MIN_LENGTH = _COMPACT_FIXED_LENGTH + 1  # a 1-char name
 _KHDR_MAX_LENGTH = _KHDR_FIXED_LENGTH + 4 + 64
 # Reads are done in pieces of at most this size, so memory grows only as fast
 # as the stream actually delivers data.
@@ -123,6 +131,18 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise KaeFormatError(f"{name} {value} out of range [{low}, {high}]")
 
 
+def weights_hash_length(version: int) -> int:
+    """Bytes of the weights' SHA-256 a ``KHDR`` of ``version`` stores: all 32 before
+    version 8, the first 8 from it."""
+    return _COMPACT_HASH_LENGTH if version >= COMPACT_VERSION else _HASH_LENGTH
+
+
+def coding_version(version: int) -> int:
+    """The version whose coding rules a file of ``version`` follows: version 8 differs from
+    7 in its container only (a compact ``KHDR``, no ``KEND``)."""
+    return CASCADE_RESTORATION_VERSION if version >= COMPACT_VERSION else version
+
+
 @dataclass(frozen=True)
 class Header:
     """Contents of the ``KHDR`` chunk.
@@ -138,12 +158,14 @@ class Header:
     weights_hash: bytes
     quality: int
     tile_size: int
-    latent_channels: int
-    hyper_channels: int
-    stride: int
-    hyper_stride: int
     gain_step: int
     version: int = FORMAT_VERSION
+    # What the model fixes, stored before version 8 as a check (None in version 8, where the
+    # weights hash alone names the model).
+    latent_channels: int | None = None
+    hyper_channels: int | None = None
+    stride: int | None = None
+    hyper_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.version not in SUPPORTED_VERSIONS:
@@ -161,16 +183,27 @@ class Header:
             raise KaeFormatError(
                 f"model name {self.model_name!r} must match [A-Za-z0-9._-]{{1,64}}"
             )
-        if not isinstance(self.weights_hash, bytes) or len(self.weights_hash) != _HASH_LENGTH:
-            raise KaeFormatError(f"weights hash must be {_HASH_LENGTH} bytes (a SHA-256 digest)")
+        length = weights_hash_length(self.version)
+        if not isinstance(self.weights_hash, bytes) or len(self.weights_hash) != length:
+            raise KaeFormatError(
+                f"weights hash must be {length} bytes (of a SHA-256 digest) in version "
+                f"{self.version}"
+            )
         _check_int("quality", self.quality, 1, 100)
         _check_int("tile size", self.tile_size, 64, 0xFFFF)
         if self.tile_size % 64:
             raise KaeFormatError(f"tile size {self.tile_size} is not a multiple of 64")
-        _check_int("latent channels", self.latent_channels, 1, 0xFFFF)
-        _check_int("hyper channels", self.hyper_channels, 1, 0xFFFF)
-        _check_int("stride", self.stride, 1, 0xFF)
-        _check_int("hyper stride", self.hyper_stride, 1, 0xFF)
+        model_fields = {
+            "latent channels": (self.latent_channels, 0xFFFF),
+            "hyper channels": (self.hyper_channels, 0xFFFF),
+            "stride": (self.stride, 0xFF),
+            "hyper stride": (self.hyper_stride, 0xFF),
+        }
+        for field, (value, high) in model_fields.items():
+            if self.version < COMPACT_VERSION:
+                _check_int(field, value, 1, high)
+            elif value is not None:
+                raise KaeFormatError(f"version {self.version} stores no {field}")
         limit = MAX_GAIN_STEP * (GAIN_STEP_DIVISIONS if self.version >= FINE_GAIN_VERSION else 1)
         _check_int("gain step", self.gain_step, -limit, limit)
 
@@ -210,6 +243,18 @@ class Header:
         """Serialise to ``KHDR`` chunk data (big-endian, see docs/format.md)."""
         mode = self.mode.encode("ascii")
         name = self.model_name.encode("ascii")
+        if self.version >= COMPACT_VERSION:
+            return b"".join(
+                (
+                    struct.pack(">B", self.version),
+                    (self.width - 1).to_bytes(3, "big"),
+                    (self.height - 1).to_bytes(3, "big"),
+                    struct.pack(">BB", MODES.index(self.mode), len(name)),
+                    name,
+                    self.weights_hash,
+                    struct.pack(">BHh", self.quality, self.tile_size, self.gain_step),
+                )
+            )
         return b"".join(
             (
                 struct.pack(">BII", self.version, self.width, self.height),
@@ -259,13 +304,27 @@ class Header:
                 f"unsupported KHDR version {version} (this decoder reads "
                 f"{', '.join(map(str, SUPPORTED_VERSIONS))}); a newer pillow-kae may read it"
             )
-        width, height = struct.unpack(">II", take(8, "width/height"))
-        mode = ascii_field("mode")
-        model_name = ascii_field("model name")
-        weights_hash = take(_HASH_LENGTH, "weights hash")
-        quality, tile_size, latent, hyper, stride, hyper_stride, gain_step = struct.unpack(
-            ">BHHHBBh", take(11, "coding parameters")
-        )
+        model: dict[str, int] = {}
+        if version >= COMPACT_VERSION:
+            width = int.from_bytes(take(3, "width"), "big") + 1
+            height = int.from_bytes(take(3, "height"), "big") + 1
+            (code,) = struct.unpack(">B", take(1, "mode"))
+            if code >= len(MODES):
+                raise KaeFormatError(f"unknown mode code {code} (0 to {len(MODES) - 1})")
+            mode = MODES[code]
+            model_name = ascii_field("model name")
+            weights_hash = take(_COMPACT_HASH_LENGTH, "weights hash")
+            quality, tile_size, gain_step = struct.unpack(">BHh", take(5, "coding parameters"))
+        else:
+            width, height = struct.unpack(">II", take(8, "width/height"))
+            mode = ascii_field("mode")
+            model_name = ascii_field("model name")
+            weights_hash = take(_HASH_LENGTH, "weights hash")
+            quality, tile_size, *fixed, gain_step = struct.unpack(
+                ">BHHHBBh", take(11, "coding parameters")
+            )
+            names = ("latent_channels", "hyper_channels", "stride", "hyper_stride")
+            model = dict(zip(names, fixed, strict=True))
         if offset != len(view):
             raise KaeFormatError(f"KHDR has {len(view) - offset} unexpected trailing bytes")
         return cls(
@@ -276,12 +335,9 @@ class Header:
             weights_hash=weights_hash,
             quality=quality,
             tile_size=tile_size,
-            latent_channels=latent,
-            hyper_channels=hyper,
-            stride=stride,
-            hyper_stride=hyper_stride,
             gain_step=gain_step,
             version=version,
+            **model,
         )
 
 
@@ -343,7 +399,8 @@ def dumps(kae: KaeFile) -> bytes:
     if kae.restoration is not None:
         parts.append(_chunk(KRST, bytes(kae.restoration)))
     parts.extend(_chunk(KTIL, bytes(tile)) for tile in kae.tiles)
-    parts.append(_chunk(KEND, b""))
+    if header.version < COMPACT_VERSION:  # version 8 ends with its last tile
+        parts.append(_chunk(KEND, b""))
     return b"".join(parts)
 
 
@@ -563,22 +620,33 @@ def read(fp: IO[bytes]) -> KaeFile:
     """Read and fully validate a ``.kae`` file.
 
     Every chunk's CRC is checked, chunk order and counts are enforced, and the
-    file must end with ``KEND`` (anything after it is ignored).
+    file must end with ``KEND``, or from version 8 with its last ``KTIL`` (anything after
+    that is ignored).
     """
     reader = _ChunkReader(fp)
     header = _read_khdr(reader)
     expected_tiles = header.tile_count
+    compact = header.version >= COMPACT_VERSION
     tiles: list[bytes] = []
     alpha: bytes | None = None
     restoration: bytes | None = None
     metadata: dict[str, bytes] = {}
-    while True:
+    while not (compact and len(tiles) == expected_tiles):
+        if compact and reader.remaining() == 0:
+            raise KaeFormatError(
+                f"file truncated after {len(tiles)} of {expected_tiles} KTIL chunks"
+            )
         ctype, length = reader.read_chunk_head()
         if ctype == KTIL:
             if len(tiles) >= expected_tiles:
                 raise KaeFormatError(f"more than the expected {expected_tiles} KTIL chunks")
             tiles.append(reader.read_chunk_body(ctype, length))
         elif ctype == KEND:
+            if compact:
+                raise KaeFormatError(
+                    f"KEND after {len(tiles)} of {expected_tiles} KTIL chunks in a version "
+                    f"{header.version} file, which ends with its last KTIL"
+                )
             if length:
                 raise KaeFormatError(f"KEND chunk must be empty, has length {length}")
             reader.read_chunk_body(ctype, length)
@@ -613,5 +681,5 @@ def read(fp: IO[bytes]) -> KaeFile:
     if header.has_alpha and alpha is None:
         raise KaeFormatError(f"mode {header.mode} requires an ALPH chunk")
     if reader.remaining():
-        logger.debug("ignoring %d bytes after KEND", reader.remaining())
+        logger.debug("ignoring %d bytes after the last chunk", reader.remaining())
     return KaeFile(header=header, tiles=tiles, restoration=restoration, alpha=alpha, **metadata)

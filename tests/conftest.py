@@ -60,6 +60,36 @@ def encode(im: Image.Image, **params: object) -> bytes:
     return buffer.getvalue()
 
 
+def in_version(data: bytes, version: int | None = None) -> bytes:
+    """``data`` (a file ``Image.save`` wrote) in the container of an older ``version``, as
+    an older pillow-kae wrote it: the whole weights digest and the model's fixed fields in
+    ``KHDR``, and ``KEND``. By default the lowest version before 8 that holds the file."""
+    from pillow_kae import container
+    from pillow_kae.zoo import loader
+
+    kae = container.read(io.BytesIO(data))
+    header = kae.header
+    model = loader.load(header.model_name, header.weights_hash)
+    if version is None:
+        if kae.restoration is not None:
+            version = container.CASCADE_RESTORATION_VERSION
+        elif header.step != int(header.step):
+            version = container.FINE_GAIN_VERSION
+        else:
+            version = container.CHANNEL_CONDITIONAL_VERSION if model.slices else 2
+    fields = {
+        **header.__dict__,
+        "version": version,
+        "weights_hash": model.card.digest[: container.weights_hash_length(version)],
+        "gain_step": container.Header.gain_step_field(header.step, version),
+    }
+    if version < container.COMPACT_VERSION:
+        for name in ("latent_channels", "hyper_channels", "stride", "hyper_stride"):
+            fields[name] = getattr(model, name)
+    kae.header = container.Header(**fields)
+    return container.dumps(kae)
+
+
 def decode(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data), formats=["KAE"]) as im:
         im.load()
@@ -106,6 +136,12 @@ def kae_encode() -> Callable[..., bytes]:
 def kae_decode() -> Callable[[bytes], Image.Image]:
     """kae_decode(data) -> the loaded image (opened with formats=["KAE"])."""
     return decode
+
+
+@pytest.fixture(scope="session")
+def as_version() -> Callable[..., bytes]:
+    """``as_version(data, version=None)``: a file in an older container (``in_version``)."""
+    return in_version
 
 
 @pytest.fixture(scope="session")

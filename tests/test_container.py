@@ -468,7 +468,7 @@ def test_header_accepts_limits() -> None:
         (khdr_bytes(name=b"bad name"), "model name"),
         (khdr_bytes(name=b""), "model name"),
         (khdr_bytes(version=0), "version"),
-        (khdr_bytes(version=8), "version"),
+        (khdr_bytes(version=9), "version"),
         (khdr_bytes(tail=struct.pack(">BHHHBBH", 75, 96, 192, 128, 16, 4, 1024)), "64"),
         (khdr_bytes(tail=struct.pack(">BHHHBBH", 0, 64, 192, 128, 16, 4, 1024)), "quality"),
         (khdr_bytes() + b"\x00", "trailing"),

@@ -403,7 +403,9 @@ def test_a_card_spreads_its_quality_scale_over_its_trained_gain_steps(
         dataclasses.replace(wide, quality_steps=[1, 6])
 
 
-def test_a_fraction_of_a_gain_step_is_version_4(make_image) -> None:
+def test_a_fraction_of_a_gain_step_is_stored_in_sixteenths(
+    make_image, as_version, kae_decode
+) -> None:
     from pillow_kae import container
 
     im = make_image(64, 48)
@@ -412,9 +414,14 @@ def test_a_fraction_of_a_gain_step_is_version_4(make_image) -> None:
         buffer = io.BytesIO()
         im.save(buffer, "KAE", model="kae-mid", gain_step=step, restore=False)
         header, _ = container.read_header(io.BytesIO(buffer.getvalue()))
-        assert header.step == step and header.version == (4 if step == 1.5 else 2)
-        with Image.open(buffer) as out:
-            out.load()
+        assert header.step == step and header.gain_step == 16 * step
+        assert header.version == container.COMPACT_VERSION
+        # In the older containers: version 4 for a fraction of a step, else 2.
+        old = as_version(buffer.getvalue())
+        assert container.read_header(io.BytesIO(old))[0].version == (4 if step == 1.5 else 2)
+        assert np.array_equal(
+            np.asarray(kae_decode(old)), np.asarray(kae_decode(buffer.getvalue()))
+        )
         coded[step] = buffer.getvalue()
     assert coded[2] == coded[2.0]  # a whole step is the same file, whatever its type
     assert len(coded[1]) < len(coded[1.5]) < len(coded[2])

@@ -136,10 +136,14 @@ def test_unknown_model(small_kae):
             im.load()
 
 
-def test_weights_hash_mismatch(small_kae):
-    kae = container.read(io.BytesIO(small_kae))
-    data = _replace(small_kae, header={"weights_hash": bytes(32)})
-    with _open(data) as im, pytest.raises(OSError, match=kae.header.model_name):
+@pytest.mark.parametrize("version", [None, container.COMPACT_VERSION])
+def test_weights_hash_mismatch(small_kae, as_version, version):
+    """The whole digest (versions before 8) or its first 8 bytes (8) must match."""
+    data = as_version(small_kae, version)
+    kae = container.read(io.BytesIO(data))
+    wrong = _replace(data, header={"weights_hash": bytes(len(kae.header.weights_hash))})
+    message = f"{kae.header.model_name}.*weights 0000"
+    with _open(wrong) as im, pytest.raises(OSError, match=message):
         im.load()
 
 
@@ -148,8 +152,10 @@ def test_weights_hash_mismatch(small_kae):
     [{"latent_channels": 100}, {"hyper_channels": 7}, {"stride": 8}, {"hyper_stride": 2}],
     ids=lambda c: next(iter(c)),
 )
-def test_header_model_mismatch(small_kae, changes):
-    with _open(_replace(small_kae, header=changes)) as im, pytest.raises(OSError, match="match"):
+def test_header_model_mismatch(small_kae, as_version, changes):
+    """Before version 8 the header also stores what the model fixes, and must agree."""
+    data = _replace(as_version(small_kae), header=changes)
+    with _open(data) as im, pytest.raises(OSError, match="match"):
         im.load()
 
 

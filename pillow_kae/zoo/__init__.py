@@ -89,6 +89,13 @@ def retired() -> dict[tuple[str, str], ModelCard]:
     return {(card.name, card.sha256): card for card in cards}
 
 
+def retired_card(name: str, digest: bytes) -> ModelCard | None:
+    """The retired model ``name`` whose weights digest is or starts with ``digest`` (files
+    of format version 8 carry its first 8 bytes), if there is one."""
+    found = [c for (n, sha), c in retired().items() if n == name and sha.startswith(digest.hex())]
+    return found[0] if len(found) == 1 else None
+
+
 def card(name: str) -> ModelCard:
     """The card of an installed model; an unknown name is a ValueError naming the choices."""
     models = installed()

@@ -24,7 +24,7 @@ from pillow_kae.entropy_models.fixed_point import (
 from pillow_kae.entropy_models.tables import PmfTables
 from pillow_kae.runtime import cache, graph
 from pillow_kae.runtime.session import Transform
-from pillow_kae.zoo import ModelCard, card, installed, retired
+from pillow_kae.zoo import ModelCard, card, installed, retired_card
 from pillow_kae.zoo.weights import BASE_DIGEST, LazyArrays
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,14 @@ _lock = threading.Lock()
 
 
 def _card_for(name: str, expected_digest: bytes | None) -> ModelCard:
-    """The installed card, or the retired one whose weights the file names."""
+    """The installed card, or the retired one whose weights the file names (by the whole
+    digest, or from format version 8 its first bytes)."""
     current = installed().get(name)
-    if expected_digest is None or (current is not None and current.digest == expected_digest):
+    if expected_digest is None or (
+        current is not None and current.digest.startswith(expected_digest)
+    ):
         return card(name)  # an unknown name is a ValueError naming the choices
-    old = retired().get((name, expected_digest.hex()))
+    old = retired_card(name, expected_digest)
     if old is not None:
         return old
     if current is None:
