@@ -56,6 +56,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pillow_kae import KaeImagePlugin, container, restoration  # the plugin registers .kae
+from pillow_kae.zoo import loader
 
 #: What Pillow's own fuzzer (Tests/test_fuzzers.py) accepts from a hostile file.
 CLEAN_ERRORS: tuple[type[BaseException], ...] = (
@@ -229,13 +230,14 @@ _MODEL_FIELDS = (
     "stride",
     "hyper_stride",
 )
+_MODE_CODES = {mode.encode("ascii"): code for code, mode in enumerate(container.MODES)}
 _SIDES = (0, 1, 2, 15, 16, 17, 47, 48, 49, 63, 64, 65, 1023, 1024, 1025, 4097, 2**24, 2**32 - 1)
 _TILE_SIZES = (0, 1, 63, 64, 65, 128, 960, 1024, 1088, 4096, 4160, 65472, 65535)
 _GAIN_STEPS = (-32768, -64, -63, -11, -10, -1, 0, 1, 2, 4, 5, 63, 64, 32767)
 _MODEL_NAMES = (b"", b"not-installed", b"../weights/kae-mid", b"kae-mid\0", b"KAE-MID")
 _MODEL_NAMES += (b"kae-mid.npz", "été".encode(), b"a" * 64, b"a" * 65, b"a" * 255)
 _FIELD_VALUES: dict[str, tuple[int | bytes, ...]] = {
-    "version": (0, 1, 2, 3, 255),
+    "version": (0, 1, 2, 3, 7, 8, 9, 255),
     "quality": (0, 1, 100, 101, 255),
     "latent_channels": (0, 1, 127, 128, 129, 191, 192, 193, 320, 1728, 65535),
     "hyper_channels": (0, 1, 127, 128, 129, 191, 192, 193, 320, 1728, 65535),
@@ -268,14 +270,29 @@ def chunk(ctype: bytes, data: bytes) -> bytes:
 
 
 def pack_khdr(fields: dict[str, int | bytes]) -> bytes:
-    """KHDR data from any field values, each wrapped to its width: Header.pack would refuse."""
+    """KHDR data from any field values, each wrapped to its width: Header.pack would refuse.
+    Version 8 and above in its compact layout (an unknown mode gets an unknown code)."""
 
-    def wrap(name: str, bits: int) -> int:
+    def wrap(name: str, bits: int, less: int = 0) -> int:
         value = fields[name]
         assert isinstance(value, int)
-        return value % (1 << bits)
+        return (value - less) % (1 << bits)
 
     mode, name, digest = (bytes(fields[k]) for k in ("mode", "model_name", "weights_hash"))
+    if wrap("version", 8) >= container.COMPACT_VERSION:
+        code = _MODE_CODES.get(mode, len(container.MODES) + len(mode))
+        return b"".join(
+            (
+                bytes([wrap("version", 8)]),
+                wrap("width", 24, 1).to_bytes(3, "big"),
+                wrap("height", 24, 1).to_bytes(3, "big"),
+                bytes([code % 256, len(name)]) + name,
+                digest,
+                struct.pack(
+                    ">BHH", wrap("quality", 8), wrap("tile_size", 16), wrap("gain_step", 16)
+                ),
+            )
+        )
     return b"".join(
         (
             struct.pack(">BII", wrap("version", 8), wrap("width", 32), wrap("height", 32)),
@@ -297,9 +314,14 @@ def pack_khdr(fields: dict[str, int | bytes]) -> bytes:
 
 
 def _header_fields(header: container.Header) -> dict[str, int | bytes]:
+    """Every field a KHDR of any version can hold; those version 8 leaves out (what the
+    model fixes) from the model, so that a forged older version gets them right."""
     fields: dict[str, int | bytes] = {
         k: v for k, v in dataclasses.asdict(header).items() if isinstance(v, int | bytes)
     }
+    model = loader.load(header.model_name, header.weights_hash)
+    for name in ("latent_channels", "hyper_channels", "stride", "hyper_stride"):
+        fields.setdefault(name, getattr(model, name))
     fields["mode"] = header.mode.encode("ascii")
     fields["model_name"] = header.model_name.encode("ascii")
     return fields
@@ -313,7 +335,8 @@ def _chunks(kae: container.KaeFile) -> Chunks:
     if kae.restoration is not None:
         out.append((b"KRST", kae.restoration))
     out += [(b"KTIL", tile) for tile in kae.tiles]
-    out.append((b"KEND", b""))
+    if kae.header.version < container.COMPACT_VERSION:  # version 8 ends with its last tile
+        out.append((b"KEND", b""))
     return out
 
 
@@ -531,7 +554,13 @@ class _Forgery:
             return rng.choice([*(m["model_name"] for m in self.corpus.models), *_MODEL_NAMES])
         if name == "weights_hash":
             assert isinstance(current, bytes)
-            near_misses = [bytes(32), _flip_bits(rng, current, 1), current[:31], current + b"\0"]
+            near_misses = [
+                bytes(len(current)),
+                _flip_bits(rng, current, 1),
+                current[:-1],
+                current + b"\0",
+                hashlib.sha256(current).digest(),
+            ]
             return rng.choice([*(m["weights_hash"] for m in self.corpus.models), *near_misses])
         return rng.choice(_FIELD_VALUES[name])
 

@@ -498,3 +498,76 @@ def test_khdr_length_bounds_checked_before_reading() -> None:
 def test_error_is_value_error() -> None:
     assert issubclass(KaeFormatError, ValueError)
     assert container.SIGNATURE == b"\x89KAE\r\n\x1a\n"
+
+
+# -------------------------------------------------------------- version 8: the compact container
+
+
+def compact_header(**overrides: object) -> Header:
+    return make_header(
+        **{
+            "version": container.COMPACT_VERSION,
+            "weights_hash": WEIGHTS_HASH[:8],
+            "latent_channels": None,
+            "hyper_channels": None,
+            "stride": None,
+            "hyper_stride": None,
+            **overrides,
+        }
+    )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA"])
+@pytest.mark.parametrize("size", [(1, 1), (100, 70), (MAX_DIMENSION, 3)])
+def test_compact_header_round_trip_and_size(mode: str, size: tuple[int, int]) -> None:
+    header = compact_header(mode=mode, width=size[0], height=size[1])
+    packed = header.pack()
+    assert len(packed) == 22 + len(header.model_name)
+    assert Header.unpack(packed) == header
+    legacy = make_header(mode=mode, width=size[0], height=size[1]).pack()
+    assert len(legacy) - len(packed) == 32 + len(mode)  # the digest's 24 bytes, modes, fields
+
+
+def test_a_compact_file_ends_with_its_last_tile() -> None:
+    kae = make_kae("RGBA", metadata=True)
+    kae.header = compact_header(mode="RGBA")
+    data = dumps(kae)
+    assert b"KEND" not in data
+    assert len(dumps(make_kae("RGBA", metadata=True))) - len(data) == 32 + len("RGBA") + 12
+    assert read(io.BytesIO(data)) == kae
+    assert read(io.BytesIO(data + b"anything after the last tile")) == kae
+    header, metadata = read_header(io.BytesIO(data))
+    assert header == kae.header and set(metadata) == {"exif", "icc_profile", "xmp"}
+    body = data[: data.index(b"KTIL") - 4]  # up to the first tile
+    tiles = [chunk(b"KTIL", t) for t in kae.tiles]
+    with pytest.raises(KaeFormatError, match="truncated after 3 of 4 KTIL"):
+        read(io.BytesIO(body + b"".join(tiles[:3])))
+    with pytest.raises(KaeFormatError, match="KEND after 2 of 4 KTIL"):
+        read(io.BytesIO(body + b"".join(tiles[:2]) + end()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"weights_hash": WEIGHTS_HASH}, "8 bytes"),
+        ({"latent_channels": 192}, "stores no latent channels"),
+        ({"hyper_stride": 4}, "stores no hyper stride"),
+    ],
+)
+def test_compact_header_validation(overrides: dict, message: str) -> None:
+    with pytest.raises(KaeFormatError, match=message):
+        compact_header(**overrides)
+    with pytest.raises(KaeFormatError, match="32 bytes"):
+        make_header(weights_hash=WEIGHTS_HASH[:8])
+
+
+def test_compact_header_unpack_rejects_bad_bytes() -> None:
+    packed = compact_header().pack()
+    with pytest.raises(KaeFormatError, match="mode code 4"):
+        Header.unpack(packed[:7] + b"\x04" + packed[8:])
+    with pytest.raises(KaeFormatError, match="truncated"):
+        Header.unpack(packed[:-1])
+    with pytest.raises(KaeFormatError, match="trailing"):
+        Header.unpack(packed + b"\x00")
+    with pytest.raises(KaeFormatError, match="KHDR length 22"):
+        read(io.BytesIO(SIGNATURE + chunk(b"KHDR", packed[:22])))

@@ -506,11 +506,13 @@ def test_tiny_images_get_no_filter():
 VERSIONS = Path(__file__).parent / "data" / "versions"
 
 
-@pytest.mark.parametrize("version", [5, 6])
+@pytest.mark.parametrize("version", [5, 6, 7])
 def test_files_of_earlier_releases_decode_to_their_pixels(version):
     """Files written by the release before format version 7 (a chelsea crop: version 5 with
-    a shape 1 filter at quality 90, version 6 with shape 2 at quality 75), decoded by it to
-    the PNGs beside them: today's decoder gives those pixels, up to g_s's float arithmetic.
+    a shape 1 filter at quality 90, version 6 with shape 2 at quality 75) and by the one
+    before version 8 (version 7, a cascade of shape 3 filters at quality 75, kae-xhigh),
+    decoded by it to the PNGs beside them: today's decoder gives those pixels, up to g_s's
+    float arithmetic.
 
     The PNGs were decoded where OpenVINO runs g_s in bfloat16; on an AVX2 CPU (float32)
     the same files decode 55.3 and 55.6 dB from them, and with their filters left out
