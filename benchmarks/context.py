@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.rd import test_images
-from pillow_kae import codec, models, zoo
+from pillow_kae import codec, container, models, zoo
 from pillow_kae.bench.bd import bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader
@@ -100,9 +100,8 @@ def curve(
             height, width = pixels.shape[:2]
             payloads = codec.encode_image(model, pixels, step)
             start = time.perf_counter()
-            version = codec.format_version(model, step)
             decoded = codec.decode_image(
-                model, payloads, width, height, step, codec.TILE_SIZE, version
+                model, payloads, width, height, step, codec.TILE_SIZE, container.COMPACT_VERSION
             )
             seconds += time.perf_counter() - start
             bits += 8 * sum(map(len, payloads)) / (width * height)

@@ -226,7 +226,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         restore=im.encoderinfo.get("restore", True),
     )
     model, gain_step = coded.model, coded.gain_step
-    version = codec.format_version(model, gain_step, coded.restoration)
+    version = container.COMPACT_VERSION  # holds every model, gain step and filter shape
     header = container.Header(
         width=im.width,
         height=im.height,

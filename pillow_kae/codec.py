@@ -46,7 +46,6 @@ import numpy as np
 
 from pillow_kae import metrics, restoration
 from pillow_kae.container import (
-    CASCADE_RESTORATION_VERSION,
     CHANNEL_CONDITIONAL_VERSION,
     COMPACT_VERSION,
     FINE_GAIN_VERSION,
@@ -820,20 +819,6 @@ def encode_image_latents(
     return _encode_image_hyperprior(model, pixels, gain_step, tile_size, effort)
 
 
-def format_version(
-    model: CodecModel, gain_step: float = 0, restoration_filters: Restoration | None = None
-) -> int:
-    """The KHDR version of what ``encode_image`` writes with ``model`` at ``gain_step``: 8,
-    whose compact container saves 47 bytes a file (a tenth of a small image's), or, for
-    restoration filters of a shape older than version 7's, that shape's version."""
-    if (
-        restoration_filters is not None
-        and restoration_filters.version < CASCADE_RESTORATION_VERSION
-    ):
-        return restoration_filters.version
-    return COMPACT_VERSION
-
-
 def decode_image(
     model: CodecModel,
     payloads: list[bytes],
@@ -849,7 +834,8 @@ def decode_image(
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
     if restoration_filters is not None and (
-        coding_version(version) != restoration_filters.version or model.kind == "seed-dense"
+        model.kind == "seed-dense"
+        or (version < COMPACT_VERSION and version != restoration_filters.version)
     ):
         raise TileDecodeError(
             f"a shape {restoration_filters.shape.code} restoration filter in a version "
