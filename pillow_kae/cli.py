@@ -203,7 +203,7 @@ _VERSION_NOTES = {
     RESTORATION_VERSION: " (with a restoration filter)",
     COLOUR_RESTORATION_VERSION: " (with a restoration filter, shape 2)",
     CASCADE_RESTORATION_VERSION: " (with restoration filters, shape 3)",
-    COMPACT_VERSION: " (compact header; restoration filters of shape 3 if any)",
+    COMPACT_VERSION: " (compact header)",
 }
 
 
