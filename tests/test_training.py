@@ -200,6 +200,29 @@ def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
     assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 25
 
 
+def test_a_context_run_goes_on_where_it_stopped(tmp_path: Path) -> None:
+    """The same command with more ``--steps`` continues the run in ``--out`` from its
+    checkpoint (never starting it again over its progress); a finished run or one of
+    another configuration is refused."""
+    data = str(_photos(tmp_path / "data"))
+    argv = ["context", "--model", "kae-low", "--data", data, "--slices", "2", "--hidden", "4"]
+    argv += ["--gain-steps", "-2", "1", "--lr", "1e-2", "--out", str(tmp_path / "run")]
+    assert _run([*argv, "--steps", "2"]).returncode == 0
+    first = load_arrays(tmp_path / "run" / "checkpoint.npz")
+    refused = _run([*argv, "--steps", "2"])
+    assert refused.returncode == 2 and "has done its 2 steps" in refused.stderr
+    refused = _run([*argv, "--steps", "4", "--checkerboard"])
+    assert refused.returncode == 2 and "other checkerboard" in refused.stderr
+    result = _run([*argv, "--steps", "4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "continuing" in result.stdout and "from step 2 of 4" in result.stdout
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == 4 and state["config"]["init"] == str(loader.load("kae-low").card.path)
+    second = load_arrays(tmp_path / "run" / "checkpoint.npz")
+    moved = [k for k in first if k.startswith("slice") and not np.allclose(first[k], second[k])]
+    assert moved
+
+
 def test_context_training_of_h_s_codes_and_keeps_the_other_transforms(tmp_path: Path) -> None:
     """``training context --train-hyper``: h_s trains on the cached ẑ with the slices, every
     other transform stays the shipped one, and the run's model codes and decodes."""

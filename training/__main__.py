@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     context.add_argument(
         "--limit", type=int, nargs="+", help="photos to take from each --data folder (default all)"
     )
-    context.add_argument("--out", required=True, help="run directory")
+    context.add_argument(
+        "--out",
+        required=True,
+        help="run directory (continued where it stopped if it holds this run)",
+    )
     context.add_argument("--slices", type=int, default=6)
     context.add_argument("--hidden", type=int, default=96, help="width of the slice transforms")
     context.add_argument("--steps", type=int, default=3000)
@@ -256,30 +260,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.wheels:
             wheels(Path(".whl"))
     elif args.command == "context":
-        from training.context import ContextConfig, train_context
+        from training.context import ContextConfig, resumed, train_context
 
         limits = args.limit or [None] * len(args.data)
         if len(limits) != len(args.data):
             parser.error("--limit needs one count per --data folder")
-        train_context(
-            ContextConfig(
-                model=args.model,
-                data=args.data,
-                limits=limits,
-                out=args.out,
-                slices=args.slices,
-                hidden=args.hidden,
-                steps=args.steps,
-                gain_steps=tuple(args.gain_steps),
-                lr=args.lr,
-                kodak=args.kodak,
-                seed=args.seed,
-                init=args.init,
-                train_hyper=args.train_hyper,
-                checkerboard=args.checkerboard,
-                freeze_slices=args.freeze_slices,
-            )
+        config = ContextConfig(
+            model=args.model,
+            data=args.data,
+            limits=limits,
+            out=args.out,
+            slices=args.slices,
+            hidden=args.hidden,
+            steps=args.steps,
+            gain_steps=tuple(args.gain_steps),
+            lr=args.lr,
+            kodak=args.kodak,
+            seed=args.seed,
+            init=args.init,
+            train_hyper=args.train_hyper,
+            checkerboard=args.checkerboard,
+            freeze_slices=args.freeze_slices,
         )
+        try:
+            resumed(Path(config.out), config)  # before any work: a run is never overwritten
+        except ValueError as err:
+            parser.error(str(err))
+        train_context(config)
     elif args.command in ("split", "join"):
         from training import parts
 

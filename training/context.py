@@ -271,19 +271,50 @@ def gather(config: ContextConfig, run: Path) -> tuple[Latents, Latents]:
     return latents, evaluation
 
 
+#: What a run directory's state must agree on for ``train_context`` to continue it.
+RESUME_KEYS = ("model", "slices", "hidden", "checkerboard", "train_hyper", "freeze_slices")
+
+
+def resumed(run: Path, config: ContextConfig) -> tuple[int, float]:
+    """(steps done, minutes spent) of the run ``config`` continues in ``run``: (0, 0) for a
+    new one. A run directory of another configuration, or one that has done ``config.steps``
+    already, is an error rather than a run overwritten."""
+    if not (run / STATE).exists():
+        return 0, 0.0
+    state = json.loads((run / STATE).read_text())
+    saved = state["config"]
+    different = [k for k in RESUME_KEYS if saved.get(k) != getattr(config, k)]
+    if different:
+        raise ValueError(
+            f"{run} holds a run with other {', '.join(different)}: give another --out "
+            f"(or --init {run / CHECKPOINT} to start from its weights)"
+        )
+    if state["step"] >= config.steps:
+        raise ValueError(
+            f"{run} has done its {state['step']} steps: give more --steps to go on, or "
+            f"another --out with --init {run / CHECKPOINT}"
+        )
+    return int(state["step"]), float(state["minutes"])
+
+
 def train_context(config: ContextConfig) -> Path:
-    """Train the slice transforms of ``config.model``; returns the run directory."""
+    """Train the slice transforms of ``config.model``, or go on with the run in
+    ``config.out`` where it stopped (its weights, and the learning rate at its step; Adam's
+    moments start again); returns the run directory."""
     import keras
 
     run = Path(config.out)
     run.mkdir(parents=True, exist_ok=True)
+    done, minutes_before = resumed(run, config)
     latents, evaluation = gather(config, run)
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.seed + done)
+    if done:
+        log.info("continuing %s from step %d of %d", run, done, config.steps)
     model = context_model(
         config.model,
         config.slices,
         config.hidden,
-        config.init,
+        str(run / CHECKPOINT) if done else config.init,
         config.train_hyper,
         config.checkerboard,
         config.freeze_slices,
@@ -320,37 +351,41 @@ def train_context(config: ContextConfig) -> Path:
     rate.compile(
         optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0), loss=lambda _, bits: bits
     )
+    rate.optimizer.build(rate.trainable_variables)
+    rate.optimizer.iterations.assign(done)  # the schedule goes on where the run stopped
     batches = (
         (inputs, np.zeros(config.batch, np.float32))
         for inputs in crops(
-            latents, config.crop, config.batch, config.gain_steps, config.seed, hyper_stride
+            latents, config.crop, config.batch, config.gain_steps, config.seed + done, hyper_stride
         )
     )
-    start, epoch_steps = time.monotonic(), min(config.steps_per_epoch, config.steps)
+    start, epoch_steps = time.monotonic(), min(config.steps_per_epoch, config.steps - done)
+
+    def minutes() -> float:
+        return minutes_before + (time.monotonic() - start) / 60
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             change = {s: f"{bits(s) / baseline[s] - 1:+.2%}" for s in baseline}
             log.info(
                 "step %d bits/element %.4f; y bits on kodak by gain step %s (%.2f steps/s)",
-                (epoch + 1) * epoch_steps,
+                done + (epoch + 1) * epoch_steps,
                 (logs or {}).get("loss", np.nan),
                 change,
                 (epoch + 1) * epoch_steps / (time.monotonic() - start),
             )
             # A checkpoint per epoch: a run stopped early (a session ends) keeps its progress.
-            minutes = (time.monotonic() - start) / 60
-            write_run(run, model, config, minutes, (epoch + 1) * epoch_steps)
+            write_run(run, model, config, minutes(), done + (epoch + 1) * epoch_steps)
 
     rate.fit(
         batches,
         steps_per_epoch=epoch_steps,
-        epochs=config.steps // epoch_steps,
+        epochs=(config.steps - done) // epoch_steps,
         callbacks=[Report()],
         verbose=0,
         shuffle=False,  # a generator: the crops are random already
     )
-    write_run(run, model, config, (time.monotonic() - start) / 60)
+    write_run(run, model, config, minutes())
     return run
 
 
