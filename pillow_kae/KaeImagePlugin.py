@@ -10,16 +10,13 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from pillow_kae import container
 from pillow_kae.zoo import quality as quality_ladder
-
-if TYPE_CHECKING:
-    from pillow_kae.zoo.loader import CodecModel
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +234,6 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         tile_size=codec.TILE_SIZE,
         gain_step=container.Header.gain_step_field(gain_step, version),
         version=version,
-        **_model_fields(model, version),
     )
     alpha = _encode_alpha(stored.getchannel("A")) if header.has_alpha else None
     kae = container.KaeFile(
@@ -251,14 +247,6 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     )
     data = container.dumps(kae)
     fp.write(data)  # only once everything is encoded: a failed save writes nothing
-
-
-def _model_fields(model: CodecModel, version: int) -> dict[str, int]:
-    """What the model fixes, which headers before version 8 store as a check."""
-    if version >= container.COMPACT_VERSION:
-        return {}
-    names = ("latent_channels", "hyper_channels", "stride", "hyper_stride")
-    return {name: getattr(model, name) for name in names}
 
 
 Image.register_open(FORMAT, KaeImageFile, _accept)
