@@ -83,7 +83,7 @@ STARTUP_S = 600.0  # a worker's start-up on a loaded machine is slow, but not th
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One corpus file: an image of ``size`` and ``mode`` saved with ``options``; generated,
-    or cut from ``crop_of`` in sample_images/ (photos get a restoration filter, version 6)."""
+    or cut from ``crop_of`` in sample_images/ (photos get a restoration filter)."""
 
     name: str
     size: tuple[int, int]
