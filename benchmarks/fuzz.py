@@ -222,14 +222,7 @@ class Case:
 
 Chunks = list[tuple[bytes, bytes]]
 _METADATA = ((b"iCCP", "icc_profile"), (b"eXIf", "exif"), (b"xMPs", "xmp"))
-_MODEL_FIELDS = (
-    "model_name",
-    "weights_hash",
-    "latent_channels",
-    "hyper_channels",
-    "stride",
-    "hyper_stride",
-)
+_MODEL_FIELDS = ("model_name", "weights_hash", *container.MODEL_FIELDS)
 _MODE_CODES = {mode.encode("ascii"): code for code, mode in enumerate(container.MODES)}
 _SIDES = (0, 1, 2, 15, 16, 17, 47, 48, 49, 63, 64, 65, 1023, 1024, 1025, 4097, 2**24, 2**32 - 1)
 _TILE_SIZES = (0, 1, 63, 64, 65, 128, 960, 1024, 1088, 4096, 4160, 65472, 65535)
@@ -320,7 +313,7 @@ def _header_fields(header: container.Header) -> dict[str, int | bytes]:
         k: v for k, v in dataclasses.asdict(header).items() if isinstance(v, int | bytes)
     }
     model = loader.load(header.model_name, header.weights_hash)
-    for name in ("latent_channels", "hyper_channels", "stride", "hyper_stride"):
+    for name in container.MODEL_FIELDS:
         fields.setdefault(name, getattr(model, name))
     fields["mode"] = header.mode.encode("ascii")
     fields["model_name"] = header.model_name.encode("ascii")
@@ -372,8 +365,9 @@ class Corpus:
         self.parsed = [container.read(io.BytesIO(data)) for data in self.files]
         self.tiles = [tile for kae in self.parsed for tile in kae.tiles]
         self.filters = [kae.restoration for kae in self.parsed if kae.restoration is not None]
-        models = {kae.header.model_name: kae.header for kae in self.parsed}
-        self.models = [{k: _header_fields(h)[k] for k in _MODEL_FIELDS} for h in models.values()]
+        self.fields = [_header_fields(kae.header) for kae in self.parsed]
+        models = {fields["model_name"]: fields for fields in self.fields}
+        self.models = [{k: fields[k] for k in _MODEL_FIELDS} for fields in models.values()]
         self._alpha_pngs: dict[tuple[int, int], list[bytes]] = {}
 
     def case(self, mode: str, seed: int, index: int) -> Case:
@@ -415,7 +409,7 @@ class _Forgery:
     def __init__(self, corpus: Corpus, rng: random.Random, source: int) -> None:
         self.corpus, self.rng = corpus, rng
         kae = corpus.parsed[source]
-        self.fields = _header_fields(kae.header)
+        self.fields = dict(corpus.fields[source])
         self.khdr: bytes | None = None  # raw KHDR data, once bytes rather than fields change
         self.chunks = _chunks(kae)
         self.trailer = b""

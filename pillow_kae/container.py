@@ -34,6 +34,7 @@ __all__ = [
     "GAIN_STEP_DIVISIONS",
     "MAX_CHUNK_LENGTH",
     "MAX_DIMENSION",
+    "MODEL_FIELDS",
     "MODES",
     "RESTORATION_VERSION",
     "SIGNATURE",
@@ -104,6 +105,10 @@ _METADATA_CHUNKS: dict[bytes, str] = {
     ICCP: "icc_profile",
     XMPS: "xmp",
 }
+
+#: The ``Header`` fields the model fixes: stored as a check before version 8, left out from it.
+MODEL_FIELDS = ("latent_channels", "hyper_channels", "stride", "hyper_stride")
+_MODEL_FIELD_LIMITS = (0xFFFF, 0xFFFF, 0xFF, 0xFF)
 
 _MODEL_NAME_RE = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 _HASH_LENGTH = 32
@@ -195,13 +200,8 @@ class Header:
         _check_int("tile size", self.tile_size, 64, 0xFFFF)
         if self.tile_size % 64:
             raise KaeFormatError(f"tile size {self.tile_size} is not a multiple of 64")
-        model_fields = {
-            "latent channels": (self.latent_channels, 0xFFFF),
-            "hyper channels": (self.hyper_channels, 0xFFFF),
-            "stride": (self.stride, 0xFF),
-            "hyper stride": (self.hyper_stride, 0xFF),
-        }
-        for field, (value, high) in model_fields.items():
+        for name, high in zip(MODEL_FIELDS, _MODEL_FIELD_LIMITS, strict=True):
+            field, value = name.replace("_", " "), getattr(self, name)
             if self.version < COMPACT_VERSION:
                 _check_int(field, value, 1, high)
             elif value is not None:
@@ -325,8 +325,7 @@ class Header:
             quality, tile_size, *fixed, gain_step = struct.unpack(
                 ">BHHHBBh", take(11, "coding parameters")
             )
-            names = ("latent_channels", "hyper_channels", "stride", "hyper_stride")
-            model = dict(zip(names, fixed, strict=True))
+            model = dict(zip(MODEL_FIELDS, fixed, strict=True))
         if offset != len(view):
             raise KaeFormatError(f"KHDR has {len(view) - offset} unexpected trailing bytes")
         return cls(

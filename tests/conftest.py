@@ -84,8 +84,7 @@ def in_version(data: bytes, version: int | None = None) -> bytes:
         "gain_step": container.Header.gain_step_field(header.step, version),
     }
     if version < container.COMPACT_VERSION:
-        for name in ("latent_channels", "hyper_channels", "stride", "hyper_stride"):
-            fields[name] = getattr(model, name)
+        fields.update({name: getattr(model, name) for name in container.MODEL_FIELDS})
     kae.header = container.Header(**fields)
     return container.dumps(kae)
 
