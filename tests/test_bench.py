@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae.bench import codecs, crops, runner
-from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.bd import bd_rate, envelope, rate_difference
 from pillow_kae.cli import main
 from pillow_kae.metrics import ms_ssim, ms_ssim_db, psnr, scales_for
 from pillow_kae.zoo import quality as ladder
@@ -87,6 +87,22 @@ def test_bd_rate_refuses_bad_curves() -> None:
         bd_rate(good, [(1.0, 30.0)])
     with pytest.raises(ValueError, match="non-finite"):
         bd_rate(good, [(1.0, 30.0), (2.0, math.inf)])
+
+
+def test_rate_difference_reads_the_anchor_at_the_points_quality() -> None:
+    """On a straight line in (quality, log rate) PCHIP is exact, so a point off the line by a
+    factor in rate reads as that factor anywhere along it; at an anchor point it is 0."""
+    anchor = [(math.exp(0.2 * q - 5), q) for q in (30.0, 33.0, 37.0, 40.0)]
+    for quality in (30.0, 31.7, 36.0, 40.0):
+        rate = math.exp(0.2 * quality - 5)
+        assert rate_difference(anchor, rate, quality) == pytest.approx(0.0, abs=1e-9)
+        assert rate_difference(anchor, 0.8 * rate, quality) == pytest.approx(-20.0, abs=1e-9)
+    curved = JCTVC_E137[1][0]
+    for rate, quality in curved:
+        assert rate_difference(curved, 1.5 * rate, quality) == pytest.approx(50.0, abs=1e-9)
+    assert rate_difference(anchor, 1.0, 29.9) is None
+    assert rate_difference(anchor, 1.0, 40.1) is None
+    assert rate_difference(anchor, 1.0, math.inf) is None
 
 
 def test_envelope_keeps_the_trade_offs() -> None:
@@ -220,6 +236,11 @@ def test_bench_json(bench_run: tuple[Path, str]) -> None:
         assert matrix["kae"]["kae"] == 0.0
         assert isinstance(matrix["kae"]["jpeg"], float)
         assert isinstance(matrix["jpeg"]["kae"], float)
+    for metric in ("psnr", "ms_ssim"):
+        local = data["rate_at_equal_quality"][metric]
+        assert set(local) == {"kae", "jpeg"} and set(local["kae"]) == {"jpeg"}
+        assert len(local["kae"]["jpeg"]) == kae_points
+        assert all(v is None or isinstance(v, float) for v in local["kae"]["jpeg"])
     assert [crop["file"] for crop in data["crops"]] == ["crop_best.png", "crop_worst.png"]
     for crop in data["crops"]:
         assert crop["image"] in {"smooth.png", "noisy.png"}
@@ -237,6 +258,7 @@ def test_bench_report_and_plot(bench_run: tuple[Path, str]) -> None:
     assert "### At equal PSNR" in stdout and "| **kae** |" in stdout
     report = (out / "report.md").read_text()
     assert "## Mean curves" in report and "crop_best.png" in report
+    assert "| decode ms | vs jpeg |" in report  # .kae's bits against JPEG, per setting
     if importlib.util.find_spec("matplotlib") is None:
         assert "matplotlib is not installed" in stdout
         return

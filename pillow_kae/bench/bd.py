@@ -63,6 +63,20 @@ def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return d
 
 
+def _evaluate(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    """The PCHIP through (x, y) at ``at`` (within [x[0], x[-1]])."""
+    d = _slopes(x, y)
+    i = int(np.clip(np.searchsorted(x, at, side="right") - 1, 0, len(x) - 2))
+    h, t = x[i + 1] - x[i], (at - x[i]) / (x[i + 1] - x[i])
+    h00, h10, h01, h11 = (
+        2 * t**3 - 3 * t**2 + 1,
+        t**3 - 2 * t**2 + t,
+        -2 * t**3 + 3 * t**2,
+        t**3 - t**2,
+    )
+    return float(h00 * y[i] + h10 * h * d[i] + h01 * y[i + 1] + h11 * h * d[i + 1])
+
+
 def _piece_area(y0: float, d0: float, c: float, b: float, s: float) -> float:
     """Integral from 0 to s of y0 + d0 t + c t^2 + b t^3."""
     return s * (y0 + s * (d0 / 2 + s * (c / 3 + s * b / 4)))
@@ -112,3 +126,16 @@ def bd_rate(anchor: Curve, test: Curve) -> float:
     mean_a = _integral(qa, ra, low, high) / (high - low)
     mean_t = _integral(qt, rt, low, high) / (high - low)
     return float((math.exp(mean_t - mean_a) - 1) * 100)
+
+
+def rate_difference(anchor: Curve, rate: float, quality: float) -> float | None:
+    """How many more bits (%) one point (``rate``, ``quality``) takes than ``anchor`` at
+    that quality, on the same interpolation as ``bd_rate``: where along the rate axis a
+    codec wins or loses, which the mean over the whole range hides. None where ``anchor``
+    does not reach ``quality`` (or the point is not finite)."""
+    qa, ra = _prepare(anchor, "anchor")
+    if not (math.isfinite(rate) and math.isfinite(quality)) or rate <= 0:
+        return None
+    if not qa[0] <= quality <= qa[-1]:
+        return None
+    return float((rate / math.exp(_evaluate(qa, ra, quality)) - 1) * 100)

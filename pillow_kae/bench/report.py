@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import features
 
-from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.bd import bd_rate, envelope, rate_difference
 from pillow_kae.bench.codecs import Codec
 from pillow_kae.bench.sweep import CurvePoint, Measurement
 
@@ -40,6 +40,9 @@ class BenchResult:
     results: list[Measurement]
     curves: dict[str, list[CurvePoint]]
     bd: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    #: metric -> row codec -> column codec -> per point of the row's curve: its bits
+    #: against the column's at equal quality (``local_rates``)
+    local: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
     crops: list[dict[str, object]] = field(default_factory=list)
     plot: str | None = None  # file name, None when matplotlib is missing
     sources: dict[str, str] = field(default_factory=dict)  # codec -> results.json, if merged
@@ -64,6 +67,30 @@ def bd_matrix(curves: Mapping[str, Sequence[CurvePoint]], key: str) -> dict[str,
             except ValueError:
                 matrix[row][column] = None
     return matrix
+
+
+def local_rates(
+    curves: Mapping[str, Sequence[CurvePoint]], key: str
+) -> dict[str, dict[str, list[float | None]]]:
+    """rates[row][column][i]: the bits (%) point i of codec ``row``'s mean curve takes
+    against codec ``column`` at its quality (``bd.rate_difference``; None where ``column``
+    does not reach it): where on the rate axis each codec wins and loses, which one BD-rate
+    over the common range averages away."""
+    anchors = {
+        codec: envelope([(p.bpp, getattr(p, key)) for p in curve])
+        for codec, curve in curves.items()
+    }
+    rates: dict[str, dict[str, list[float | None]]] = {}
+    for row, curve in curves.items():
+        rates[row] = {}
+        for column, anchor in anchors.items():
+            if column == row:
+                continue
+            if len(anchor) < 2:
+                rates[row][column] = [None] * len(curve)
+                continue
+            rates[row][column] = [rate_difference(anchor, p.bpp, getattr(p, key)) for p in curve]
+    return rates
 
 
 def _finite(value: object) -> object:
@@ -122,6 +149,7 @@ def to_json(result: BenchResult) -> dict[str, object]:
             "results": [m.to_json() for m in result.results],
             "curves": {k: [p.to_json() for p in v] for k, v in result.curves.items()},
             "bd_rate": {"method": BD_METHOD, "unit": "percent", **result.bd},
+            "rate_at_equal_quality": {"unit": "percent", **result.local},
             "plot": result.plot,
             "crops": result.crops,
             "merged_from": result.sources,
@@ -204,20 +232,33 @@ def summary_markdown(result: BenchResult) -> str:
 
 def markdown(result: BenchResult) -> str:
     """The summary, then every mean curve, the plot and the crops."""
-    lines = [summary_markdown(result), "## Mean curves"]
+    lines = [
+        summary_markdown(result),
+        "## Mean curves",
+        "",
+        "For .kae, each setting's bits against every other codec at the same PSNR, on the "
+        "interpolation BD-rate uses (blank where that codec does not reach the PSNR): where "
+        "on the rate axis it wins and loses.",
+    ]
+    local = result.local.get("psnr", {})
     for codec in result.codecs:
         curve = result.curves.get(codec.name, [])
+        against = local.get(codec.name, {}) if codec.fmt == "KAE" else {}
         lines += [
             "",
             f"### {codec.name}: {codec.label}",
             "",
-            "| setting | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode ms | decode ms |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| setting | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode ms | decode ms |"
+            + "".join(f" vs {other} |" for other in against),
+            "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(against),
         ]
-        for p in curve:
+        for i, p in enumerate(curve):
+            cells = "".join(
+                f" {'' if rates[i] is None else _percent(rates[i])} |" for rates in against.values()
+            )
             lines.append(
                 f"| {_setting(codec, p.quality)} | {p.bpp:.4f} | {p.psnr:.2f} | {p.ms_ssim:.4f} | "
-                f"{p.ms_ssim_db:.2f} | {1000 * p.encode_s:.1f} | {1000 * p.decode_s:.1f} |"
+                f"{p.ms_ssim_db:.2f} | {1000 * p.encode_s:.1f} | {1000 * p.decode_s:.1f} |{cells}"
             )
     if result.plot:
         lines += ["", "## Plot", "", f"![rate-distortion curves]({result.plot})"]

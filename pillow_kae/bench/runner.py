@@ -101,6 +101,9 @@ def _write(result: BenchResult, out: Path) -> BenchResult:
     result.bd = {
         name: report.bd_matrix(result.curves, key) for name, key in report.BD_METRICS.items()
     }
+    result.local = {
+        name: report.local_rates(result.curves, key) for name, key in report.BD_METRICS.items()
+    }
     labels = {c.name: c.label for c in result.codecs}
     title = f"{folder.name or folder}: {len(result.images)} images"
     if plot.plot(result.curves, labels, title, out / PLOT_NAME):
