@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae.bench import codecs, crops, runner
-from pillow_kae.bench.bd import bd_rate, envelope, rate_difference
+from pillow_kae.bench.bd import bd_rate, envelope, rate_differences
 from pillow_kae.cli import main
 from pillow_kae.metrics import ms_ssim, ms_ssim_db, psnr, scales_for
 from pillow_kae.zoo import quality as ladder
@@ -89,20 +89,20 @@ def test_bd_rate_refuses_bad_curves() -> None:
         bd_rate(good, [(1.0, 30.0), (2.0, math.inf)])
 
 
-def test_rate_difference_reads_the_anchor_at_the_points_quality() -> None:
+def test_rate_differences_read_the_anchor_at_each_points_quality() -> None:
     """On a straight line in (quality, log rate) PCHIP is exact, so a point off the line by a
     factor in rate reads as that factor anywhere along it; at an anchor point it is 0."""
     anchor = [(math.exp(0.2 * q - 5), q) for q in (30.0, 33.0, 37.0, 40.0)]
-    for quality in (30.0, 31.7, 36.0, 40.0):
-        rate = math.exp(0.2 * quality - 5)
-        assert rate_difference(anchor, rate, quality) == pytest.approx(0.0, abs=1e-9)
-        assert rate_difference(anchor, 0.8 * rate, quality) == pytest.approx(-20.0, abs=1e-9)
+    qualities = (30.0, 31.7, 36.0, 40.0)
+    on = [(math.exp(0.2 * q - 5), q) for q in qualities]
+    assert rate_differences(anchor, on) == pytest.approx([0.0] * 4, abs=1e-9)
+    below = [(0.8 * rate, q) for rate, q in on]
+    assert rate_differences(anchor, below) == pytest.approx([-20.0] * 4, abs=1e-9)
     curved = JCTVC_E137[1][0]
-    for rate, quality in curved:
-        assert rate_difference(curved, 1.5 * rate, quality) == pytest.approx(50.0, abs=1e-9)
-    assert rate_difference(anchor, 1.0, 29.9) is None
-    assert rate_difference(anchor, 1.0, 40.1) is None
-    assert rate_difference(anchor, 1.0, math.inf) is None
+    above = [(1.5 * rate, q) for rate, q in curved]
+    assert rate_differences(curved, above) == pytest.approx([50.0] * 4, abs=1e-9)
+    outside = [(1.0, 29.9), (1.0, 40.1), (1.0, math.inf)]
+    assert rate_differences(anchor, outside) == [None, None, None]
 
 
 def test_envelope_keeps_the_trade_offs() -> None:

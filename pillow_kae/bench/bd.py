@@ -63,38 +63,30 @@ def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return d
 
 
-def _evaluate(x: np.ndarray, y: np.ndarray, at: float) -> float:
-    """The PCHIP through (x, y) at ``at`` (within [x[0], x[-1]])."""
-    d = _slopes(x, y)
-    i = int(np.clip(np.searchsorted(x, at, side="right") - 1, 0, len(x) - 2))
-    h, t = x[i + 1] - x[i], (at - x[i]) / (x[i + 1] - x[i])
-    h00, h10, h01, h11 = (
-        2 * t**3 - 3 * t**2 + 1,
-        t**3 - 2 * t**2 + t,
-        -2 * t**3 + 3 * t**2,
-        t**3 - t**2,
-    )
-    return float(h00 * y[i] + h10 * h * d[i] + h01 * y[i + 1] + h11 * h * d[i + 1])
-
-
 def _piece_area(y0: float, d0: float, c: float, b: float, s: float) -> float:
     """Integral from 0 to s of y0 + d0 t + c t^2 + b t^3."""
     return s * (y0 + s * (d0 / 2 + s * (c / 3 + s * b / 4)))
 
 
-def _integral(x: np.ndarray, y: np.ndarray, low: float, high: float) -> float:
-    """Exact integral from ``low`` to ``high`` of the PCHIP through (x, y)."""
+def _pieces(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(pieces, 4): y0, d0, c, b of each piece y0 + d0 t + c t^2 + b t^3 (t from the piece's
+    start) of the PCHIP through (x, y)."""
     d = _slopes(x, y)
     h = np.diff(x)
     delta = np.diff(y) / h
+    c = (3 * delta - 2 * d[:-1] - d[1:]) / h
+    b = (d[:-1] - 2 * delta + d[1:]) / h**2
+    return np.stack([y[:-1], d[:-1], c, b], axis=1)
+
+
+def _integral(x: np.ndarray, y: np.ndarray, low: float, high: float) -> float:
+    """Exact integral from ``low`` to ``high`` of the PCHIP through (x, y)."""
     total = 0.0
-    for i in range(len(h)):
+    for i, (y0, d0, c, b) in enumerate(_pieces(x, y)):
         s0 = min(max(low, x[i]), x[i + 1]) - x[i]
         s1 = min(max(high, x[i]), x[i + 1]) - x[i]
         if s1 > s0:
-            c = (3 * delta[i] - 2 * d[i] - d[i + 1]) / h[i]
-            b = (d[i] - 2 * delta[i] + d[i + 1]) / h[i] ** 2
-            total += _piece_area(y[i], d[i], c, b, s1) - _piece_area(y[i], d[i], c, b, s0)
+            total += _piece_area(y0, d0, c, b, s1) - _piece_area(y0, d0, c, b, s0)
     return total
 
 
@@ -128,14 +120,21 @@ def bd_rate(anchor: Curve, test: Curve) -> float:
     return float((math.exp(mean_t - mean_a) - 1) * 100)
 
 
-def rate_difference(anchor: Curve, rate: float, quality: float) -> float | None:
-    """How many more bits (%) one point (``rate``, ``quality``) takes than ``anchor`` at
-    that quality, on the same interpolation as ``bd_rate``: where along the rate axis a
+def rate_differences(anchor: Curve, points: Curve) -> list[float | None]:
+    """How many more bits (%) each (rate, quality) of ``points`` takes than ``anchor`` at
+    its quality, on the same interpolation as ``bd_rate``: where along the rate axis a
     codec wins or loses, which the mean over the whole range hides. None where ``anchor``
-    does not reach ``quality`` (or the point is not finite)."""
+    does not reach the quality (or the point is not finite)."""
     qa, ra = _prepare(anchor, "anchor")
-    if not (math.isfinite(rate) and math.isfinite(quality)) or rate <= 0:
-        return None
-    if not qa[0] <= quality <= qa[-1]:
-        return None
-    return float((rate / math.exp(_evaluate(qa, ra, quality)) - 1) * 100)
+    pieces = _pieces(qa, ra)
+    found: list[float | None] = []
+    for rate, quality in points:
+        reached = math.isfinite(rate) and rate > 0 and qa[0] <= quality <= qa[-1]
+        if not reached:  # also a NaN or infinite quality
+            found.append(None)
+        else:
+            i = int(np.clip(np.searchsorted(qa, quality, side="right") - 1, 0, len(pieces) - 1))
+            y0, d0, c, b = pieces[i]
+            t = quality - qa[i]
+            found.append(float((rate / math.exp(y0 + t * (d0 + t * (c + t * b))) - 1) * 100))
+    return found

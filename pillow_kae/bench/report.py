@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import features
 
-from pillow_kae.bench.bd import bd_rate, envelope, rate_difference
+from pillow_kae.bench.bd import bd_rate, envelope, rate_differences
 from pillow_kae.bench.codecs import Codec
 from pillow_kae.bench.sweep import CurvePoint, Measurement
 
@@ -48,16 +48,21 @@ class BenchResult:
     sources: dict[str, str] = field(default_factory=dict)  # codec -> results.json, if merged
 
 
+def _envelopes(curves: Mapping[str, Sequence[CurvePoint]], key: str) -> dict[str, list]:
+    """Each codec's mean curve as (bpp, quality ``key``), reduced to its monotone envelope."""
+    return {
+        codec: envelope([(p.bpp, getattr(p, key)) for p in curve])
+        for codec, curve in curves.items()
+    }
+
+
 def bd_matrix(curves: Mapping[str, Sequence[CurvePoint]], key: str) -> dict[str, dict]:
     """matrix[row][column]: BD-rate (%) of codec ``row`` against anchor ``column``.
 
     Each mean curve is first reduced to its monotone envelope; a pair whose quality
     ranges do not overlap (or a curve with fewer than two usable points) gets None.
     """
-    points = {
-        codec: envelope([(p.bpp, getattr(p, key)) for p in curve])
-        for codec, curve in curves.items()
-    }
+    points = _envelopes(curves, key)
     matrix: dict[str, dict[str, float | None]] = {}
     for row, test in points.items():
         matrix[row] = {}
@@ -73,23 +78,21 @@ def local_rates(
     curves: Mapping[str, Sequence[CurvePoint]], key: str
 ) -> dict[str, dict[str, list[float | None]]]:
     """rates[row][column][i]: the bits (%) point i of codec ``row``'s mean curve takes
-    against codec ``column`` at its quality (``bd.rate_difference``; None where ``column``
-    does not reach it): where on the rate axis each codec wins and loses, which one BD-rate
-    over the common range averages away."""
-    anchors = {
-        codec: envelope([(p.bpp, getattr(p, key)) for p in curve])
-        for codec, curve in curves.items()
-    }
+    against codec ``column`` at its quality (``bd.rate_differences``; None where ``column``
+    does not reach it, or has fewer than two usable points): where on the rate axis each
+    codec wins and loses, which one BD-rate over the common range averages away."""
+    anchors = _envelopes(curves, key)
     rates: dict[str, dict[str, list[float | None]]] = {}
     for row, curve in curves.items():
+        points = [(p.bpp, getattr(p, key)) for p in curve]
         rates[row] = {}
         for column, anchor in anchors.items():
             if column == row:
                 continue
-            if len(anchor) < 2:
-                rates[row][column] = [None] * len(curve)
-                continue
-            rates[row][column] = [rate_difference(anchor, p.bpp, getattr(p, key)) for p in curve]
+            try:
+                rates[row][column] = rate_differences(anchor, points)
+            except ValueError:
+                rates[row][column] = [None] * len(points)
     return rates
 
 
