@@ -22,6 +22,7 @@ from pillow_kae import codec
 from pillow_kae.zoo import loader
 from pillow_kae.zoo.weights import load_arrays
 from tests.conftest import psnr, smooth_array
+from training import lineage
 
 pytest.importorskip("jax")
 pytest.importorskip("keras")
@@ -252,3 +253,73 @@ def test_context_training_of_h_s_codes_and_keeps_the_other_transforms(tmp_path: 
     payloads = codec.encode_image(model, pixels, -1)
     decoded = codec.decode_image(model, payloads, width, height, -1, codec.TILE_SIZE, 3)
     assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 25
+
+
+def _gradients(model: object, x: np.ndarray) -> dict[str, np.ndarray]:
+    """d(rate + distortion)/d(every weight) of a noise-free training step, float64."""
+    tf = pytest.importorskip("tensorflow")
+    with tf.GradientTape() as tape:
+        out = model(tf.constant(x), training=False)
+        loss = tf.reduce_mean(tf.square(tf.cast(out["x_hat"], tf.float32) - x)) * 100.0
+        loss += tf.reduce_mean(out["bpp"])
+    grads = tape.gradient(loss, model.trainable_variables)
+    weights = model.trainable_variables
+    return {
+        v.path.split("/", 1)[1]: np.asarray(g, np.float64)
+        for v, g in zip(weights, grads, strict=True)
+    }
+
+
+def test_bfloat16_convolutions_follow_the_float32_gradient() -> None:
+    """``--precision mixed_bfloat16`` computes the inner convolutions of g_a and g_s in
+    bfloat16: a different computation (the pixels move a little), float32 weights and
+    outputs, and the gradient of every weight, biases included, still that of float32."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the gradient is taken with TensorFlow")
+    from pillow_kae import models
+    from training.train import compute_in_bfloat16
+
+    arch = {"channels": 16, "latent_channels": 16, "hyper_channels": 8}
+    x = np.stack([smooth_array(128, 128, seed=s, noise=8.0) for s in (1, 2)]) / 255.0
+    x = x.astype(np.float32)
+    keras.utils.set_random_seed(3)
+    exact = models.build("mean-scale-hyperprior", arch)
+    mixed = models.build("mean-scale-hyperprior", arch)
+    mixed.set_weights(exact.get_weights())
+    changed = compute_in_bfloat16(mixed)
+    assert sorted(p.split("/", 1)[1] for p in changed) == [
+        "g_a/conv1",
+        "g_a/conv2",
+        "g_s/deconv1",
+        "g_s/deconv2",
+    ]
+    assert all(v.dtype == "float32" for v in mixed.weights)
+    out_exact, out_mixed = exact(x)["x_hat"], mixed(x)["x_hat"]
+    assert keras.backend.standardize_dtype(out_mixed.dtype) == "float32"
+    difference = np.abs(np.asarray(out_mixed) - np.asarray(out_exact)).max()
+    assert 0 < difference < 0.01
+    reference, gradients = _gradients(exact, x), _gradients(mixed, x)
+    for path, g in gradients.items():
+        r = reference[path]
+        if not r.any():  # h_a: no gradient through the rounded z of a noise-free step
+            assert not g.any(), path
+            continue
+        cosine = float((g * r).sum() / (np.linalg.norm(g) * np.linalg.norm(r) + 1e-30))
+        assert cosine > 0.99, (path, cosine)
+
+
+def test_training_in_mixed_bfloat16_is_recorded(tmp_path: Path) -> None:
+    data = str(_photos(tmp_path / "data"))
+    argv = ["train", "--data", data, "--lmbda", "0.01", "--steps", "2", "--steps-per-epoch", "1"]
+    argv += ["--batch", "2", "--patch", "64", "--workers", "1", "--precision", "mixed_bfloat16"]
+    argv += ["--channels", "8", "--latent-channels", "8", "--hyper-channels", "8"]
+    result = _run([*argv, "--out", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "computing in bfloat16" in result.stderr + result.stdout
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == 2 and state["config"]["precision"] == "mixed_bfloat16"
+    assert lineage.stage(state)["precision"] == "mixed_bfloat16"
+    with np.load(tmp_path / "run" / "checkpoint.npz") as arrays:
+        assert arrays["g_s/deconv1/kernel"].dtype == np.float32

@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         "keeps the encoder and entropy model, so the bits of every file stay the same",
     )
     train.add_argument(
+        "--precision",
+        choices=["float32", "mixed_bfloat16"],
+        default="float32",
+        help="mixed_bfloat16: g_a's and g_s's inner convolutions compute in bfloat16 "
+        "(float32 weights), about 1.4x the steps per second on a CPU with AVX-512 BF16",
+    )
+    train.add_argument(
         "--devices",
         type=int,
         default=1,
@@ -243,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             gain_steps=tuple(args.gain_steps) if args.gain_steps else None,
             gain_slope=args.gain_slope,
             train_only=args.train_only,
+            precision=args.precision,
         )
         train(config)
     elif args.command == "bundle":

@@ -48,6 +48,7 @@ def stage(state: dict) -> dict:
         **({"arch": config["arch"]} if config.get("arch") else {}),
         **({"train_only": config["train_only"]} if config.get("train_only") else {}),
         **({"note": config["note"]} if config.get("note") else {}),
+        **({"precision": p} if (p := config.get("precision", "float32")) != "float32" else {}),
     }
 
 
