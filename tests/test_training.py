@@ -7,6 +7,7 @@ default backend.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -279,7 +280,7 @@ def test_bfloat16_convolutions_follow_the_float32_gradient() -> None:
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the gradient is taken with TensorFlow")
     from pillow_kae import models
-    from training.train import compute_in_bfloat16
+    from training.arithmetic import set_arithmetic
 
     arch = {"channels": 16, "latent_channels": 16, "hyper_channels": 8}
     x = np.stack([smooth_array(128, 128, seed=s, noise=8.0) for s in (1, 2)]) / 255.0
@@ -288,13 +289,11 @@ def test_bfloat16_convolutions_follow_the_float32_gradient() -> None:
     exact = models.build("mean-scale-hyperprior", arch)
     mixed = models.build("mean-scale-hyperprior", arch)
     mixed.set_weights(exact.get_weights())
-    changed = compute_in_bfloat16(mixed)
-    assert sorted(p.split("/", 1)[1] for p in changed) == [
-        "g_a/conv1",
-        "g_a/conv2",
-        "g_s/deconv1",
-        "g_s/deconv2",
-    ]
+    changed = set_arithmetic(mixed, bfloat16=True, int8=False)
+    assert changed == {
+        "bfloat16": ["g_a/conv1", "g_a/conv2", "g_s/deconv1", "g_s/deconv2"],
+        "int8": [],
+    }
     assert all(v.dtype == "float32" for v in mixed.weights)
     out_exact, out_mixed = exact(x)["x_hat"], mixed(x)["x_hat"]
     assert keras.backend.standardize_dtype(out_mixed.dtype) == "float32"
@@ -310,6 +309,54 @@ def test_bfloat16_convolutions_follow_the_float32_gradient() -> None:
         assert cosine > 0.99, (path, cosine)
 
 
+def test_int8_kernels_compute_what_export_ships() -> None:
+    """With ``--int8-kernels`` the model computes with each kernel exactly as
+    ``quantize_int8`` will store it (the same pixels as the stored weights give), and the
+    float weights still take the gradient."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the gradient is taken with TensorFlow")
+    from pillow_kae import models
+    from pillow_kae.zoo.weights import assign_weights, quantize_int8, weights_to_arrays
+    from training.arithmetic import set_arithmetic
+
+    arch = {"channels": 32, "latent_channels": 32, "hyper_channels": 32}
+    x = (smooth_array(128, 128, seed=4, noise=8.0)[None] / 255.0).astype(np.float32)
+    keras.utils.set_random_seed(5)
+    trained = models.build("mean-scale-hyperprior", arch)
+    changed = set_arithmetic(trained, bfloat16=False, int8=True)
+    arrays = weights_to_arrays(trained, compact=False)
+    stored = quantize_int8(arrays)
+    assert sorted(f"{k}/kernel" for k in changed["int8"]) == sorted(
+        k for k in stored if stored[k].dtype == np.int8
+    )
+    assert "g_a/conv0" not in changed["int8"]  # 5x5x3x32: too small to be stored as int8
+    shipped = models.build("mean-scale-hyperprior", arch)
+    buffer = io.BytesIO()
+    np.savez(buffer, **stored)
+    buffer.seek(0)
+    assign_weights(shipped, load_arrays(buffer))
+    plain = models.build("mean-scale-hyperprior", arch)
+    plain.set_weights(trained.get_weights())
+    rng = np.random.default_rng(6)
+    inputs = {
+        "g_a": x,
+        "h_a": rng.normal(size=(1, 8, 8, 32)).astype(np.float32),
+        "g_s": rng.normal(size=(1, 8, 8, 32)).astype(np.float32),
+        "h_s": rng.normal(size=(1, 2, 2, 32)).astype(np.float32),
+    }
+    for name, value in inputs.items():
+        ours = np.asarray(getattr(trained, name)(value))
+        np.testing.assert_array_equal(ours, np.asarray(getattr(shipped, name)(value)))
+        assert not np.array_equal(ours, np.asarray(getattr(plain, name)(value))), name
+    tf = pytest.importorskip("tensorflow")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(trained.g_s(inputs["g_s"])))
+    (gradient,) = tape.gradient(loss, [trained.g_s.get_layer("deconv1").kernel])
+    assert np.abs(np.asarray(gradient)).max() > 0  # straight through to the float kernel
+
+
 def test_training_in_mixed_bfloat16_is_recorded(tmp_path: Path) -> None:
     data = str(_photos(tmp_path / "data"))
     argv = ["train", "--data", data, "--lmbda", "0.01", "--steps", "2", "--steps-per-epoch", "1"]
@@ -317,7 +364,7 @@ def test_training_in_mixed_bfloat16_is_recorded(tmp_path: Path) -> None:
     argv += ["--channels", "8", "--latent-channels", "8", "--hyper-channels", "8"]
     result = _run([*argv, "--out", str(tmp_path / "run")])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "computing in bfloat16" in result.stderr + result.stdout
+    assert "computing with bfloat16" in result.stderr + result.stdout
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["step"] == 2 and state["config"]["precision"] == "mixed_bfloat16"
     assert lineage.stage(state)["precision"] == "mixed_bfloat16"

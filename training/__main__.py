@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         "(float32 weights), about 1.4x the steps per second on a CPU with AVX-512 BF16",
     )
     train.add_argument(
+        "--int8-kernels",
+        action="store_true",
+        help="compute with every conv kernel rounded as export stores it (int8 steps, a "
+        "float16 scale per filter; straight-through): a fine-tune of int8 weights keeps what "
+        "it learned when exported",
+    )
+    train.add_argument(
         "--devices",
         type=int,
         default=1,
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             gain_slope=args.gain_slope,
             train_only=args.train_only,
             precision=args.precision,
+            int8_kernels=args.int8_kernels,
         )
         train(config)
     elif args.command == "bundle":

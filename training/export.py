@@ -31,13 +31,12 @@ from pillow_kae.zoo.loader import THRESHOLDS, Y_TABLES, Z_TABLES
 from pillow_kae.zoo.weights import (
     BASE_DIGEST,
     DELTA_STEP,
-    FLOAT16_MIN_SIZE,
-    INT8_PREFIXES,
     SCALE_SUFFIX,
     assign_weights,
     delta_int8,
     load_arrays,
     quantize_int8,
+    stored_as_int8,
     weights_to_arrays,
 )
 from training.lineage import CHECKPOINT, STATE, run_stages
@@ -231,9 +230,7 @@ def _storage_of(arrays: dict[str, np.ndarray]) -> str:
     """The card's ``storage``: "int8" if every conv kernel quantize_int8 would take is int8,
     "float16" if none is, else "mixed" (which cannot be a delta's base)."""
     kinds = {
-        value.dtype == np.int8
-        for key, value in arrays.items()
-        if key.startswith(INT8_PREFIXES) and value.ndim == 4 and value.size >= FLOAT16_MIN_SIZE
+        value.dtype == np.int8 for key, value in arrays.items() if stored_as_int8(key, value.shape)
     }
     return "mixed" if len(kinds) > 1 else "int8" if kinds == {True} else "float16"
 

@@ -49,6 +49,7 @@ def stage(state: dict) -> dict:
         **({"train_only": config["train_only"]} if config.get("train_only") else {}),
         **({"note": config["note"]} if config.get("note") else {}),
         **({"precision": p} if (p := config.get("precision", "float32")) != "float32" else {}),
+        **({"int8_kernels": True} if config.get("int8_kernels") else {}),
     }
 
 

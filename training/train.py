@@ -15,18 +15,17 @@ import json
 import logging
 import math
 import time
-import types
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
-from keras import ops
 
 from pillow_kae import models
 from pillow_kae.models.hyperprior import LOG_GAIN_RATIO
 from pillow_kae.zoo.weights import assign_weights, load_arrays, save_weights
+from training.arithmetic import set_arithmetic
 from training.data import list_images, load_images, random_crops
 from training.lineage import CHECKPOINT, STATE, init_history
 from training.widen import arch_of, widen_arrays
@@ -58,7 +57,8 @@ class TrainConfig:
     gain_steps: tuple[int, int] | None = None  # variable-rate training over these steps
     gain_slope: float = 2.0  # lambda multiplies by r^(gain_slope * step)
     train_only: list[str] | None = None  # sub-models that train; None: all of them
-    precision: str = "float32"  # or "mixed_bfloat16": see compute_in_bfloat16
+    precision: str = "float32"  # or "mixed_bfloat16": see training.arithmetic
+    int8_kernels: bool = False  # compute with the kernels export ships (training.arithmetic)
 
 
 def data_parallel(devices: int, batch: int) -> contextlib.AbstractContextManager:
@@ -103,51 +103,6 @@ def freeze_all_but(model: keras.Model, parts: list[str]) -> None:
     for layer in model.layers:
         layer.trainable = layer.name in parts
     log.info("training %s only", ", ".join(parts))
-
-
-def compute_in_bfloat16(model: keras.Model) -> list[str]:
-    """Let the inner convolutions of ``g_a`` and ``g_s`` compute in bfloat16; returns their paths.
-
-    They hold most of a step's multiply-adds, and a CPU with AVX-512 BF16 runs them about
-    1.4 times as fast in a whole step. Only the convolution itself: its kernel and inputs
-    are cast to bfloat16 and its output back to float32 before the bias. Keras's
-    ``mixed_bfloat16`` policy adds the bias in bfloat16 too, and the bias's gradient, a sum
-    over every pixel of the batch, then comes out wrong (pointing away from float32's for
-    some layers). Everything that sets the rate or the pixels closely stays float32: each
-    transform's first and last convolution, GDN, the hyper transforms, the entropy models.
-    """
-    changed = []
-    for transform in (model.g_a, model.g_s):
-        convs = [
-            layer
-            for layer in transform.layers
-            if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
-        ]
-        for layer in convs[1:-1]:
-            layer.call = types.MethodType(_convolve_in_bfloat16, layer)
-            changed.append(layer.path)
-    return changed
-
-
-def _convolve_in_bfloat16(layer: keras.layers.Layer, inputs: object) -> object:
-    """A 2-D (transposed) convolution layer's call, the convolution in bfloat16."""
-    x, kernel = ops.cast(inputs, "bfloat16"), ops.cast(layer.kernel, "bfloat16")
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        outputs = ops.conv_transpose(
-            x,
-            kernel,
-            strides=list(layer.strides),
-            padding=layer.padding,
-            output_padding=layer.output_padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
-    else:
-        outputs = layer.convolution_op(x, kernel)
-    outputs = ops.cast(outputs, layer.compute_dtype)
-    if layer.use_bias:
-        outputs = outputs + layer.bias  # channels last: the bias broadcasts over pixels
-    return outputs if layer.activation is None else layer.activation(outputs)
 
 
 def rate_loss(y_true: object, y_pred: object) -> object:
@@ -293,10 +248,14 @@ def train(config: TrainConfig) -> Path:
             log.info("warm start from %s", config.init)
         if config.train_only:
             freeze_all_but(model, config.train_only)
-        if config.precision == "mixed_bfloat16":
-            log.info("computing in bfloat16: %s", ", ".join(compute_in_bfloat16(model)))
-        elif config.precision != "float32":
+        if config.precision not in ("float32", "mixed_bfloat16"):
             raise ValueError(f"precision {config.precision!r}: float32 or mixed_bfloat16")
+        changed = set_arithmetic(
+            model, config.precision == "mixed_bfloat16", int8=config.int8_kernels
+        )
+        for kind, keys in changed.items():
+            if keys:
+                log.info("computing with %s: %s", kind, ", ".join(keys))
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=config.lr, global_clipnorm=1.0),
             loss={"x_hat": "mse", "bpp": rate_loss},

@@ -18,6 +18,7 @@ exact, as for any int8 kernel.
 from __future__ import annotations
 
 import io
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -37,7 +38,7 @@ DELTA_SUFFIX = ":delta"  # a kernel's int8 steps minus its base model's (delta s
 BASE_DIGEST = "base:sha256"
 DELTA_STEP_KEY = "delta:step"  # a delta file's unit of its deltas, in base steps
 DELTA_STEP = 2
-_INT8_MAX = 127
+INT8_MAX = 127
 
 
 def _key(path: str) -> str:
@@ -63,6 +64,25 @@ def save_weights(model: object, path: str | Path, compact: bool = True) -> None:
     tmp.replace(path)
 
 
+def stored_as_int8(key: str, shape: tuple[int, ...]) -> bool:
+    """Whether ``quantize_int8`` stores the array ``key`` of ``shape`` as int8 steps."""
+    big = math.prod(shape) >= FLOAT16_MIN_SIZE
+    return key.startswith(INT8_PREFIXES) and len(shape) == 4 and big
+
+
+def int8_steps(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(steps as float32, float16 scales) of a 4-D conv kernel, one scale per 2-D filter.
+
+    ``training.train`` computes the same in ``keras.ops`` to train with exactly the kernels
+    an export will ship (a test holds the two to equality).
+    """
+    kernel = np.asarray(kernel, np.float32)
+    scale = (np.abs(kernel).max(axis=(0, 1)) / INT8_MAX).astype(np.float16)
+    # A filter too small for a float16 scale (or all zero) is stored as zeros.
+    scale[scale == 0] = 1
+    return np.clip(np.rint(kernel / scale.astype(np.float32)), -INT8_MAX, INT8_MAX), scale
+
+
 def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Store the transforms' conv kernels as int8 with a float16 scale per 2-D filter.
 
@@ -71,16 +91,11 @@ def quantize_int8(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     out: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
-        kernel = key.startswith(INT8_PREFIXES) and value.ndim == 4
-        if not (kernel and value.size >= FLOAT16_MIN_SIZE):
+        if not stored_as_int8(key, value.shape):
             out[key] = value
             continue
-        weights = np.asarray(value, np.float32)
-        scale = (np.abs(weights).max(axis=(0, 1)) / _INT8_MAX).astype(np.float16)
-        # A filter too small for a float16 scale (or all zero) is stored as zeros.
-        scale[scale == 0] = 1
-        steps = np.rint(weights / scale.astype(np.float32))
-        out[key] = np.clip(steps, -_INT8_MAX, _INT8_MAX).astype(np.int8)
+        steps, scale = int8_steps(value)
+        out[key] = steps.astype(np.int8)
         out[key + SCALE_SUFFIX] = scale
     return out
 
@@ -110,7 +125,7 @@ def delta_int8(
             scale = base[key + SCALE_SUFFIX].astype(np.float32)
             moved = (np.asarray(value, np.float32) / scale - base[key]) / step
             delta = np.floor(moved + rng.random(moved.shape, np.float32)).astype(np.int32)
-            fits = np.abs(delta).max(initial=0) <= _INT8_MAX
+            fits = np.abs(delta).max(initial=0) <= INT8_MAX
             out[key + DELTA_SUFFIX] = delta.astype(np.int8 if fits else np.int16)
         elif key not in base or not np.array_equal(base[key], value):
             out[key] = value
