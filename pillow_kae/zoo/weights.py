@@ -73,7 +73,7 @@ def stored_as_int8(key: str, shape: tuple[int, ...]) -> bool:
 def int8_steps(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(steps as float32, float16 scales) of a 4-D conv kernel, one scale per 2-D filter.
 
-    ``training.train`` computes the same in ``keras.ops`` to train with exactly the kernels
+    ``training.arithmetic`` computes the same in ``keras.ops`` to train with exactly the kernels
     an export will ship (a test holds the two to equality).
     """
     kernel = np.asarray(kernel, np.float32)
