@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import keras
 from keras import ops
 
-from pillow_kae.zoo.weights import INT8_MAX, stored_as_int8
+from pillow_kae.zoo.weights import INT8_MAX, stored_as_int8, weights_key
 
 CONV_LAYERS = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
@@ -40,7 +40,7 @@ def _sublayers(layer: keras.layers.Layer, seen: set[int]) -> Iterator[keras.laye
 def conv_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
     """Every conv layer of ``model`` by its kernel's key in a weights file (``g_a/conv1``)."""
     convs = (layer for layer in _sublayers(model, set()) if isinstance(layer, CONV_LAYERS))
-    return {layer.kernel.path.split("/", 1)[1].rsplit("/", 1)[0]: layer for layer in convs}
+    return {weights_key(layer.kernel.path).rsplit("/", 1)[0]: layer for layer in convs}
 
 
 def int8_kernel(kernel: object) -> object:

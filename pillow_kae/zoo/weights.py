@@ -41,7 +41,9 @@ DELTA_STEP = 2
 INT8_MAX = 127
 
 
-def _key(path: str) -> str:
+def weights_key(path: str) -> str:
+    """A variable's key in a weights file: its Keras path less the model's name
+    (``kae/g_a/conv1/kernel`` -> ``g_a/conv1/kernel``)."""
     return path.split("/", 1)[1] if "/" in path else path
 
 
@@ -51,7 +53,7 @@ def weights_to_arrays(model: object, compact: bool = True) -> dict[str, np.ndarr
         value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
         if compact and value.dtype == np.float32 and value.size >= FLOAT16_MIN_SIZE:
             value = value.astype(np.float16)
-        arrays[_key(variable.path)] = value
+        arrays[weights_key(variable.path)] = value
     return arrays
 
 
@@ -209,7 +211,7 @@ def assign_weights(
     """Set every model variable from ``arrays``; a missing or misshaped array is an error,
     except that variables under the ``missing_ok`` prefixes keep their initial values."""
     for variable in model.weights:
-        key = _key(variable.path)
+        key = weights_key(variable.path)
         if key not in arrays and key.startswith(missing_ok):
             continue
         if key not in arrays:
