@@ -2,6 +2,7 @@
 decode time, with and without.
 
     python -m benchmarks.context RUN_OR_MODEL [--steps=-4,-2,0,2] [--folder DIR] [--every N]
+    python -m benchmarks.context RUN [RUN ...] --ladder [--folder DIR] [--every N]
 
 RUN is a ``python -m training context`` run directory (the shipped transforms of its model
 plus its slice transforms) or a ``python -m training train`` run started from shipped
@@ -15,6 +16,13 @@ decode through the retired decoder). MODEL is an installed channel-conditional m
 slices and checkerboard left out). Both code every image through the codec
 (``codec.encode_image`` / ``decode_image``: real bytes, not estimates) at each latent gain
 step; prints the curves, the BD-rate and the decode seconds per image.
+
+``--ladder`` answers the question an export must: by how much would the runs (one per
+model of the default ladder) move the ladder's BD-rate? Every anchor of the ladder is
+coded by its shipped model and again by the run of that model, if any; the anchors of all
+the models make one curve each way, whose BD-rate is the ladder's (without the encoder's
+choice of model between neighbours and without the restoration filter, which both come on
+top of either side).
 """
 
 from __future__ import annotations
@@ -33,9 +41,9 @@ from tqdm import tqdm
 
 from benchmarks.rd import test_images
 from pillow_kae import codec, container, models, zoo
-from pillow_kae.bench.bd import bd_rate
+from pillow_kae.bench.bd import bd_rate, envelope
 from pillow_kae.metrics import psnr
-from pillow_kae.zoo import loader
+from pillow_kae.zoo import loader, quality
 from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, assign_weights, load_arrays, quantize_int8
 from training.context import CONTEXT_ARCH, trained_prefixes
 from training.export import z_tables
@@ -110,31 +118,78 @@ def curve(
     return points, seconds / (len(images) * len(steps))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--steps", default="-4,-2,0,2", help="latent gain steps")
-    parser.add_argument("--folder", type=Path, default=None)
-    parser.add_argument("--every", type=int, default=1, help="every N-th image")
-    args = parser.parse_args(argv)
-    steps = [int(s) for s in args.steps.split(",")]
-    folder, paths = test_images(args.folder, args.every)
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    if (args.run / STATE).is_file():
-        shipped, conditional = run_model(args.run)
-        label = "the run"
-    else:
-        conditional = loader.load(str(args.run))
-        shipped = without_context(conditional)
-        label = "the context"
-    print(f"{len(images)} images from {folder}; {args.run} against {shipped.name} without it")
-    base, base_s = curve(shipped, images, steps)
-    test, test_s = curve(conditional, images, steps)
+def _table(steps: list[int], base: list, test: list, label: str) -> None:
     print(f"| gain step | without bpp | dB | with {label} bpp | dB |")
     print("|---:|---:|---:|---:|---:|")
     for step, (b, p), (tb, tp) in zip(steps, base, test, strict=True):
         print(f"| {step:+d} | {b:.4f} | {p:.3f} | {tb:.4f} | {tp:.3f} |")
-    print(f"BD-rate with {label} against without: {bd_rate(base, test):+.2f} %")
+    try:
+        moved = bd_rate(envelope(base), envelope(test))
+        print(f"BD-rate with {label} against without: {moved:+.2f} %")
+    except ValueError as err:  # a run far off its model's curve
+        print(f"BD-rate with {label} against without: none ({err})")
+
+
+def ladder(runs: list[Path], images: list[np.ndarray]) -> float:
+    """The ladder's BD-rate with each run in its model's place, against the shipped ladder;
+    prints each model's anchors both ways."""
+    replaced: dict[str, loader.CodecModel] = {}
+    for run in runs:
+        shipped, trained = run_model(run)
+        if shipped.name in replaced:
+            raise SystemExit(f"two runs of {shipped.name}: one per model of the ladder")
+        replaced[shipped.name] = trained
+    anchors = quality.ladder()
+    names = list(dict.fromkeys(name for name, _ in anchors))
+    if unknown := sorted(set(replaced) - set(names)):
+        raise SystemExit(f"not in the default ladder: {', '.join(unknown)}")
+    before: list[tuple[float, float]] = []
+    after: list[tuple[float, float]] = []
+    for name in names:
+        steps = [step for model, step in anchors if model == name]
+        base, _ = curve(loader.load(name), images, steps)
+        test = curve(replaced[name], images, steps)[0] if name in replaced else base
+        print(f"\n{name}" + ("" if name in replaced else " (no run: the shipped model)"))
+        _table(steps, base, test, "the run")
+        before += base
+        after += test
+    return bd_rate(envelope(before), envelope(after))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run", type=Path, nargs="+")
+    parser.add_argument("--steps", default="-4,-2,0,2", help="latent gain steps")
+    parser.add_argument("--folder", type=Path, default=None)
+    parser.add_argument("--every", type=int, default=1, help="every N-th image")
+    parser.add_argument(
+        "--ladder", action="store_true", help="runs in their models' places on the ladder"
+    )
+    args = parser.parse_args(argv)
+    if len(args.run) > 1 and not args.ladder:
+        parser.error("several runs need --ladder")
+    folder, paths = test_images(args.folder, args.every)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    if args.ladder:
+        print(f"{len(images)} images from {folder}; the default ladder with {len(args.run)} runs")
+        print(
+            f"\nBD-rate of the ladder with the runs against without: "
+            f"{ladder(args.run, images):+.2f} %"
+        )
+        return
+    (run,) = args.run
+    steps = [int(s) for s in args.steps.split(",")]
+    if (run / STATE).is_file():
+        shipped, conditional = run_model(run)
+        label = "the run"
+    else:
+        conditional = loader.load(str(run))
+        shipped = without_context(conditional)
+        label = "the context"
+    print(f"{len(images)} images from {folder}; {run} against {shipped.name} without it")
+    base, base_s = curve(shipped, images, steps)
+    test, test_s = curve(conditional, images, steps)
+    _table(steps, base, test, label)
     print(f"decode seconds per image: {base_s:.3f} without, {test_s:.3f} with {label}")
 
 

@@ -7,8 +7,10 @@ default backend.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,8 +143,9 @@ def test_decoder_fine_tune_changes_g_s_alone(tmp_path: Path) -> None:
 
 def test_an_encoder_fine_tune_is_measured_with_the_shipped_decoder(tmp_path: Path) -> None:
     """``--train-only g_a h_a`` from shipped weights; ``benchmarks.context`` then codes with
-    the run's encoder (int8, as exported) and the shipped decoder, under its own digest."""
-    from benchmarks.context import run_model
+    the run's encoder (int8, as exported) and the shipped decoder, under its own digest,
+    and puts it in its model's place on the ladder (the other models against themselves)."""
+    from benchmarks.context import ladder, run_model
 
     data = str(_photos(tmp_path / "data"))
     argv = ["train", "--data", data, "--lmbda", "0.013", "--steps", "3", "--batch", "2"]
@@ -162,6 +165,17 @@ def test_an_encoder_fine_tune_is_measured_with_the_shipped_decoder(tmp_path: Pat
     payloads = codec.encode_image(model, pixels, 0)
     decoded = codec.decode_image(shipped, payloads, width, height, 0, codec.TILE_SIZE, 2)
     assert decoded.shape == pixels.shape and psnr(decoded, pixels) > 20
+    photo = np.asarray(Image.open(ROOT / "sample_images" / "coffee.png").convert("RGB"))
+    photo = photo[100:228, 200:392]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        moved = ladder([tmp_path / "enc"], [photo])
+    assert math.isfinite(moved) and moved > 0  # 3 steps at 1e-3: the encoder is lost
+    text = printed.getvalue()
+    assert "kae-low (no run: the shipped model)" in text and "kae-xhigh (no run" in text
+    assert text.count("BD-rate with the run against without: +0.00 %") == 2
+    assert "kae-mid\n" in text and "share no quality range" in text
+    with pytest.raises(SystemExit, match="two runs of kae-mid"):
+        ladder([tmp_path / "enc", tmp_path / "enc"], [pixels])
 
 
 def test_context_training_gives_a_model_that_codes(tmp_path: Path) -> None:
