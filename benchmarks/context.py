@@ -22,7 +22,9 @@ model of the default ladder) move the ladder's BD-rate? Every anchor of the ladd
 coded by its shipped model and again by the run of that model, if any; the anchors of all
 the models make one curve each way, whose BD-rate is the ladder's (without the encoder's
 choice of model between neighbours and without the restoration filter, which both come on
-top of either side).
+top of either side). The curves are compared anchor by anchor (``bd.paired_bd_rate``): an
+anchor off the envelope of either curve, such as a model's lowest step just below the top
+of the model before it, is left out of both.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from tqdm import tqdm
 
 from benchmarks.rd import test_images
 from pillow_kae import codec, container, models, zoo
-from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.bd import paired_bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.zoo import loader, quality
 from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, assign_weights, load_arrays, quantize_int8
@@ -124,7 +126,7 @@ def _table(steps: list[int], base: list, test: list, label: str) -> None:
     for step, (b, p), (tb, tp) in zip(steps, base, test, strict=True):
         print(f"| {step:+d} | {b:.4f} | {p:.3f} | {tb:.4f} | {tp:.3f} |")
     try:
-        moved = bd_rate(envelope(base), envelope(test))
+        moved = paired_bd_rate(base, test)
         print(f"BD-rate with {label} against without: {moved:+.2f} %")
     except ValueError as err:  # a run far off its model's curve
         print(f"BD-rate with {label} against without: none ({err})")
@@ -153,7 +155,7 @@ def ladder(runs: list[Path], images: list[np.ndarray]) -> float:
         _table(steps, base, test, "the run")
         before += base
         after += test
-    return bd_rate(envelope(before), envelope(after))
+    return paired_bd_rate(before, after)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import pillow_kae  # noqa: F401  (registers the plugin)
 from benchmarks.rd import test_images
-from pillow_kae.bench.bd import bd_rate
+from pillow_kae.bench.bd import paired_bd_rate
 from pillow_kae.metrics import psnr
 from pillow_kae.refinement import EFFORT_STEPS
 from pillow_kae.zoo import quality as ladder
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| effort | Adam steps | BD-rate vs effort 0 | encode s/image | first encode s |")
     print("|---:|---:|---:|---:|---:|")
     for effort, r in results.items():
-        r["bd_rate"] = 0.0 if effort == 0 else bd_rate(anchor, r["curve"])
+        r["bd_rate"] = 0.0 if effort == 0 else paired_bd_rate(anchor, r["curve"])
         print(
             f"| {effort} | {r['steps']} | {r['bd_rate']:+.2f} % | {r['encode_s']:.2f} "
             f"| {r['first_encode_s']:.2f} |"

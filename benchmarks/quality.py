@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from benchmarks.jpeg import jpeg_psnr_at
 from benchmarks.rd import test_images
-from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.bd import paired_bd_rate
 from pillow_kae.bench.codecs import roundtrip
 from pillow_kae.metrics import psnr
 from pillow_kae.runtime import summary
@@ -135,8 +135,8 @@ def compare(means: dict[int, dict[str, float]], earlier: dict) -> None:
     for q in common:
         change = 100 * (means[q]["bpp"] / before[q]["bpp"] - 1)
         print(f"| {q} | {means[q]['psnr'] - before[q]['psnr']:+.3f} | {change:+.2f} % |")
-    curves = [envelope([(m[q]["bpp"], m[q]["psnr"]) for q in common]) for m in (before, means)]
-    print(f"BD-rate at equal PSNR: {bd_rate(*curves):+.2f} %")
+    curves = [[(m[q]["bpp"], m[q]["psnr"]) for q in common] for m in (before, means)]
+    print(f"BD-rate at equal PSNR: {paired_bd_rate(*curves):+.2f} %")
 
 
 if __name__ == "__main__":

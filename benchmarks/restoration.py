@@ -29,7 +29,7 @@ from tqdm import tqdm
 import pillow_kae  # noqa: F401  (registers the format)
 from benchmarks.rd import test_images
 from pillow_kae import container, restoration
-from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.bd import paired_bd_rate
 from pillow_kae.bench.codecs import ladder_qualities
 from pillow_kae.metrics import psnr
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = "  ".join(f"{mean[n][i][0]:7.4f} {mean[n][i][1]:7.2f}" for n in names)
         print(f"{quality:7d}  {cells}")
     bd = {
-        f"{test} vs {anchor}": bd_rate(envelope(mean[anchor]), envelope(mean[test]))
+        f"{test} vs {anchor}": paired_bd_rate(mean[anchor], mean[test])
         for anchor in names
         for test in names
         if anchor != test and anchor in ("none", "shape 2")

@@ -18,7 +18,7 @@ import math
 import pillow_kae  # noqa: F401  (registers the plugin)
 from benchmarks import quality
 from benchmarks.rd import test_images
-from pillow_kae.bench.bd import bd_rate, envelope
+from pillow_kae.bench.bd import paired_bd_rate
 from pillow_kae.entropy_models import rounding
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| plain | " + " | ".join(f"{b:.4f} / {p:.3f}" for b, p in plain) + " | — |")
     for weight in weights:
         points = sweep(paths, qualities, weight)
-        change = bd_rate(envelope(plain), envelope(points))
+        change = paired_bd_rate(plain, points)
         cells = " | ".join(f"{b:.4f} / {p:.3f}" for b, p in points)
         print(f"| {weight:g} | {cells} | {change:+.2f} % |")
     rounding.WEIGHT = shipped

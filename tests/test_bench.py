@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pillow_kae.bench import codecs, crops, runner
-from pillow_kae.bench.bd import bd_rate, envelope, rate_differences
+from pillow_kae.bench.bd import bd_rate, envelope, paired_bd_rate, rate_differences
 from pillow_kae.cli import main
 from pillow_kae.metrics import ms_ssim, ms_ssim_db, psnr, scales_for
 from pillow_kae.zoo import quality as ladder
@@ -108,6 +108,20 @@ def test_rate_differences_read_the_anchor_at_each_points_quality() -> None:
 def test_envelope_keeps_the_trade_offs() -> None:
     points = [(2.0, 33.0), (1.0, 30.0), (3.0, 32.0), (4.0, 36.0), (4.0, 37.0), (5.0, math.inf)]
     assert envelope(points) == [(1.0, 30.0), (2.0, 33.0), (4.0, 37.0)]
+
+
+def test_paired_bd_rate_counts_a_setting_that_joins_the_envelope_as_a_gain() -> None:
+    """Two models' anchors: the upper model's lowest step sits just below the lower model's
+    top. Every setting improves by the same 1 % of rate, and the lowest upper step rises
+    onto the envelope. Per-curve envelopes let that step add a steep piece to one side only
+    (and call the gain a loss); compared setting by setting, the gain is the 1 % it is."""
+    before = [(1.0, 30.0), (1.5, 32.0), (2.0, 33.0), (2.2, 32.98), (3.0, 35.0), (4.0, 37.0)]
+    after = [(0.99 * rate, psnr) for rate, psnr in before]
+    after[3] = (0.99 * 2.2, 33.06)
+    assert bd_rate(envelope(before), envelope(after)) > 0
+    assert paired_bd_rate(before, after) == pytest.approx(-1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="one point per setting"):
+        paired_bd_rate(before, after[:-1])
 
 
 # --------------------------------------------------------------------------

@@ -120,6 +120,27 @@ def bd_rate(anchor: Curve, test: Curve) -> float:
     return float((math.exp(mean_t - mean_a) - 1) * 100)
 
 
+def paired_bd_rate(anchor: Curve, test: Curve) -> float:
+    """``bd_rate`` of two curves measured at the same settings (a model before and after
+    training, at the same gain steps): a setting off the envelope of either curve is left
+    out of both.
+
+    ``envelope`` alone treats the two sides differently where a setting was dominated: a
+    point that improves just enough to join its curve's envelope (a model's lowest step,
+    barely above the previous model's top) adds a near-vertical piece that only the test
+    curve has, and makes that curve look worse although every setting improved.
+    """
+    if len(anchor) != len(test):
+        raise ValueError("paired curves need one point per setting on each side")
+    on_anchor, on_test = set(envelope(anchor)), set(envelope(test))
+    keep = [
+        i
+        for i, (a, t) in enumerate(zip(anchor, test, strict=True))
+        if tuple(a) in on_anchor and tuple(t) in on_test
+    ]
+    return bd_rate([anchor[i] for i in keep], [test[i] for i in keep])
+
+
 def rate_differences(anchor: Curve, points: Curve) -> list[float | None]:
     """How many more bits (%) each (rate, quality) of ``points`` takes than ``anchor`` at
     its quality, on the same interpolation as ``bd_rate``: where along the rate axis a
