@@ -23,7 +23,7 @@ coded by its shipped model and again by the run of that model, if any; the ancho
 the models make one curve each way, whose BD-rate is the ladder's (without the encoder's
 choice of model between neighbours and without the restoration filter, which both come on
 top of either side). The curves are compared anchor by anchor (``bd.paired_bd_rate``): an
-anchor off the envelope of either curve, such as a model's lowest step just below the top
+anchor off the shipped curve's envelope, such as a model's lowest step just below the top
 of the model before it, is left out of both.
 """
 

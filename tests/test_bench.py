@@ -114,12 +114,15 @@ def test_paired_bd_rate_counts_a_setting_that_joins_the_envelope_as_a_gain() -> 
     """Two models' anchors: the upper model's lowest step sits just below the lower model's
     top. Every setting improves by the same 1 % of rate, and the lowest upper step rises
     onto the envelope. Per-curve envelopes let that step add a steep piece to one side only
-    (and call the gain a loss); compared setting by setting, the gain is the 1 % it is."""
+    (and call the gain a loss); compared setting by setting, the gain is the 1 % it is, and
+    a setting made worse still counts as a loss."""
     before = [(1.0, 30.0), (1.5, 32.0), (2.0, 33.0), (2.2, 32.98), (3.0, 35.0), (4.0, 37.0)]
     after = [(0.99 * rate, psnr) for rate, psnr in before]
     after[3] = (0.99 * 2.2, 33.06)
     assert bd_rate(envelope(before), envelope(after)) > 0
     assert paired_bd_rate(before, after) == pytest.approx(-1.0, abs=1e-9)
+    worse = [*after[:4], (1.1 * 3.0, 34.0), after[5]]  # a setting the test makes worse
+    assert paired_bd_rate(before, worse) > 0
     with pytest.raises(ValueError, match="one point per setting"):
         paired_bd_rate(before, after[:-1])
 

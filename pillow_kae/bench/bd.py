@@ -122,23 +122,21 @@ def bd_rate(anchor: Curve, test: Curve) -> float:
 
 def paired_bd_rate(anchor: Curve, test: Curve) -> float:
     """``bd_rate`` of two curves measured at the same settings (a model before and after
-    training, at the same gain steps): a setting off the envelope of either curve is left
-    out of both.
+    training, at the same gain steps): a setting off the anchor's envelope is left out of
+    both curves, and the test curve is then reduced to its own envelope.
 
-    ``envelope`` alone treats the two sides differently where a setting was dominated: a
-    point that improves just enough to join its curve's envelope (a model's lowest step,
-    barely above the previous model's top) adds a near-vertical piece that only the test
-    curve has, and makes that curve look worse although every setting improved.
+    ``envelope`` on each side alone treats a setting the anchor wastes unfairly: a point
+    that improves just enough to join the test's envelope (a model's lowest step, barely
+    above the previous model's top) adds a near-vertical piece that only the test curve
+    has, and makes it look worse although every setting improved. A setting the test
+    makes worse still counts against it: where it falls off the test's envelope, the
+    test's curve through its neighbours is what is compared.
     """
     if len(anchor) != len(test):
         raise ValueError("paired curves need one point per setting on each side")
-    on_anchor, on_test = set(envelope(anchor)), set(envelope(test))
-    keep = [
-        i
-        for i, (a, t) in enumerate(zip(anchor, test, strict=True))
-        if tuple(a) in on_anchor and tuple(t) in on_test
-    ]
-    return bd_rate([anchor[i] for i in keep], [test[i] for i in keep])
+    on_anchor = set(envelope(anchor))
+    keep = [i for i, point in enumerate(anchor) if tuple(point) in on_anchor]
+    return bd_rate([anchor[i] for i in keep], envelope([test[i] for i in keep]))
 
 
 def rate_differences(anchor: Curve, points: Curve) -> list[float | None]:
