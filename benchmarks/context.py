@@ -6,10 +6,10 @@ decode time, with and without.
 
 RUN is a ``python -m training context`` run directory (the shipped transforms of its model
 plus its slice transforms) or a ``python -m training train`` run started from shipped
-weights (all of it, or the parts ``--train-only`` names: an encoder fine-tune,
-``--train-only g_a h_a``, keeps the shipped decoder), with what it trained stored as
-``training export`` would ship it (big arrays as float16, conv kernels as int8, z's tables
-made again), against the shipped model, so a run can be
+weights, directly or through runs it continued (all of it, or the parts ``--train-only``
+names: an encoder fine-tune, ``--train-only g_a h_a``, keeps the shipped decoder), with
+what it trained stored as ``training export`` would ship it (big arrays as float16, conv
+kernels as int8, z's tables made again), against the shipped model, so a run can be
 judged before it is exported (export changes the model's weights hash: its old files
 decode through the retired decoder). MODEL is an installed channel-conditional model
 (kae-low since 2026-12-04), against its own transforms coded by the plain hyperprior (its
@@ -60,6 +60,25 @@ def without_context(model: loader.CodecModel) -> loader.CodecModel:
     return loader.CodecModel(card, arrays)
 
 
+def shipped_origin(run: Path) -> tuple[Path, list[str]]:
+    """The shipped weights a ``training train`` run started from, through the runs it
+    continued (``--init RUN/checkpoint.npz``), and the parts trained on the way (empty: all).
+    """
+    parts: set[str] = set()
+    every_part = False
+    while True:
+        config = json.loads((run / STATE).read_text())["config"]
+        every_part |= not config.get("train_only")
+        parts.update(config.get("train_only") or ())
+        init = Path(config.get("init") or "")
+        if init.name == CHECKPOINT and (init.parent / STATE).is_file():
+            run = init.parent
+            continue
+        if init.parent.resolve() != zoo.WEIGHTS_DIR.resolve():
+            raise ValueError(f"{run} did not start from shipped weights (--init {init})")
+        return init, [] if every_part else sorted(parts)
+
+
 def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
     """(the shipped model, the same with what the run trained, stored as ``training export``
     stores new arrays: big ones float16, conv kernels int8).
@@ -74,11 +93,9 @@ def run_model(run: Path) -> tuple[loader.CodecModel, loader.CodecModel]:
         shipped = loader.load(config["model"])
         trained = trained_prefixes(config.get("train_hyper", False))
     else:
-        init = Path(config.get("init") or "")
-        if init.parent.resolve() != zoo.WEIGHTS_DIR.resolve():
-            raise ValueError(f"{run} did not start from shipped weights (--init {init})")
+        init, parts = shipped_origin(run)
         shipped = loader.load(init.stem)
-        trained = tuple(f"{part}/" for part in config.get("train_only") or ()) or ("",)
+        trained = tuple(f"{part}/" for part in parts) or ("",)
     checkpoint = (run / CHECKPOINT).read_bytes()
     new = {
         key: value.astype(np.float16) if value.size >= FLOAT16_MIN_SIZE else value

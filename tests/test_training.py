@@ -145,7 +145,7 @@ def test_an_encoder_fine_tune_is_measured_with_the_shipped_decoder(tmp_path: Pat
     """``--train-only g_a h_a`` from shipped weights; ``benchmarks.context`` then codes with
     the run's encoder (int8, as exported) and the shipped decoder, under its own digest,
     and puts it in its model's place on the ladder (the other models against themselves)."""
-    from benchmarks.context import ladder, run_model
+    from benchmarks.context import ladder, run_model, shipped_origin
 
     data = str(_photos(tmp_path / "data"))
     argv = ["train", "--data", data, "--lmbda", "0.013", "--steps", "3", "--batch", "2"]
@@ -160,6 +160,15 @@ def test_an_encoder_fine_tune_is_measured_with_the_shipped_decoder(tmp_path: Pat
     for key in decoder:
         np.testing.assert_array_equal(model.arrays[key], shipped.arrays[key])
     assert not np.array_equal(model.arrays["g_a/conv3/kernel"], shipped.arrays["g_a/conv3/kernel"])
+    # A run that continues it (--init its checkpoint) is still measured against kae-mid.
+    more = [*argv[: argv.index("--init") + 1], str(tmp_path / "enc" / "checkpoint.npz")]
+    more += ["--train-only", "g_a", "--out", str(tmp_path / "more")]
+    result = _run(more)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert shipped_origin(tmp_path / "more") == (
+        ROOT / "pillow_kae/weights/kae-mid.npz",
+        ["g_a", "h_a"],
+    )
     pixels = smooth_array(100, 130, seed=5, noise=4.0)
     height, width = pixels.shape[:2]
     payloads = codec.encode_image(model, pixels, 0)
