@@ -154,8 +154,8 @@ DROPPED_FILES = Path(__file__).resolve().parent / "data" / "dropped"
 @pytest.mark.parametrize("path", sorted(DROPPED_FILES.glob("*.kae")), ids=lambda p: p.stem)
 def test_files_of_dropped_weights_are_a_clear_error(path):
     """Files whose decoders left the package to make room (kae-high's on 2026-12-04, the
-    first kae-low's and kae-mid's on 2026-12-07): the header still reads, and decoding
-    names the version to install."""
+    first kae-low's and kae-mid's on 2026-12-07, then two more of kae-low's): the header
+    still reads, and decoding names the version to install."""
     with Image.open(path) as im:
         assert im.size == (96, 64) and im.info["kae_model"] in ("kae-high", "kae-low", "kae-mid")
         with pytest.raises(OSError, match="install the matching pillow-kae version"):
