@@ -49,7 +49,7 @@ from pillow_kae.zoo import loader, quality
 from pillow_kae.zoo.weights import FLOAT16_MIN_SIZE, assign_weights, load_arrays, quantize_int8
 from training.context import CONTEXT_ARCH, trained_prefixes
 from training.export import z_tables
-from training.lineage import CHECKPOINT, STATE
+from training.lineage import CHECKPOINT, STATE, init_run
 
 
 def without_context(model: loader.CodecModel) -> loader.CodecModel:
@@ -71,8 +71,8 @@ def shipped_origin(run: Path) -> tuple[Path, list[str]]:
         every_part |= not config.get("train_only")
         parts.update(config.get("train_only") or ())
         init = Path(config.get("init") or "")
-        if init.name == CHECKPOINT and (init.parent / STATE).is_file():
-            run = init.parent
+        if (earlier := init_run(init)) is not None:
+            run = earlier
             continue
         if init.parent.resolve() != zoo.WEIGHTS_DIR.resolve():
             raise ValueError(f"{run} did not start from shipped weights (--init {init})")

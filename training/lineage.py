@@ -14,13 +14,19 @@ CHECKPOINT = "checkpoint.npz"
 STATE = "state.json"
 
 
+def init_run(init: str | Path) -> Path | None:
+    """The run directory whose checkpoint ``init`` is, or None (shipped weights)."""
+    path = Path(init)
+    return path.parent if path.name == CHECKPOINT and (path.parent / STATE).is_file() else None
+
+
 def init_history(init: str | None) -> list[dict]:
     """Stages behind ``init``: a run's checkpoint (its state.json) or shipped weights (card)."""
     if not init:
         return []
     path = Path(init)
-    if path.name == CHECKPOINT and (path.parent / STATE).is_file():
-        return run_stages(json.loads((path.parent / STATE).read_text()))
+    if (run := init_run(path)) is not None:
+        return run_stages(json.loads((run / STATE).read_text()))
     card = path.with_suffix(".json")
     if card.is_file():
         training = json.loads(card.read_text()).get("training", {})
