@@ -29,8 +29,10 @@ memory is a strip, and the result does not depend on the strip height.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,7 @@ from pillow_kae.container import (
     COLOUR_RESTORATION_VERSION,
     RESTORATION_VERSION,
 )
+from pillow_kae.runtime.session import threads
 
 __all__ = [
     "HALO",
@@ -96,7 +99,7 @@ SMALL_IMAGE_PIXELS = 1 << 18
 #: is scattered at random (seeded, so files reproduce): every n-th pixel in raster order is
 #: every n-th column, and g_s's error differs between columns (its stride-2 layers).
 CLIP_SAMPLE = 4
-_STRIP_PIXELS = 1 << 16  # pixels per strip: the work arrays stay in cache
+_STRIP_PIXELS = 1 << 15  # pixels per strip: the work arrays stay in cache
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class Shape:
         )
         if radius > HALO or bound * MAX_COEFFICIENT + (1 << COEFFICIENT_SHIFT) >= 1 << 24:
             raise ValueError(f"restoration shape {self.code} is not exact in float32")
+        if any(dy < 0 or (dy == 0 and dx <= 0) for dy, dx in self.taps):
+            raise ValueError(f"restoration shape {self.code}: taps must be the lower half")
 
     @property
     def coefficients(self) -> int:
@@ -424,10 +429,16 @@ def _read_varints(data: bytes, offset: int, count: int, signed: bool) -> tuple[l
 
 
 def _box_sum(x: np.ndarray, size: int) -> np.ndarray:
-    """Sum over each size x size window that fits (valid part only), via a summed-area table."""
-    sat = np.zeros((x.shape[0] + 1, x.shape[1] + 1), np.int64)
-    np.cumsum(np.cumsum(x, 0, dtype=np.int64), 1, out=sat[1:, 1:])
-    return sat[size:, size:] - sat[:-size, size:] - sat[size:, :-size] + sat[:-size, :-size]
+    """Sum over each size x size window that fits (valid part only), in ``x``'s dtype:
+    separable running sums of shifted views, cheaper than a summed-area table."""
+    h, w = x.shape[0] - size + 1, x.shape[1] - size + 1
+    rows = x[:h].copy()
+    for i in range(1, size):
+        rows += x[i : i + h]
+    out = rows[:, :w].copy()
+    for j in range(1, size):
+        out += rows[:, j : j + w]
+    return out
 
 
 def _luma(block: np.ndarray) -> np.ndarray:
@@ -439,17 +450,27 @@ def activity(block: np.ndarray) -> np.ndarray:
     """How busy the picture is around each pixel: |Laplacian| of R+2G+B summed over 5x5.
 
     ``block`` is (h + 2 HALO, w + 2 HALO, 3) uint8 (the pixels plus their halo); the result is
-    (h, w) int64, exact.
+    (h, w) int32, exact.
     """
     return _activity(_luma(block))
 
 
 def _activity(luma: np.ndarray) -> np.ndarray:
+    return _box_sum(_second_difference(luma, 1, 1), 2 * (HALO - 1) + 1)
+
+
+def _second_difference(luma: np.ndarray, across: int, down: int) -> np.ndarray:
+    """|Laplacian| (both 1), |horizontal| or |vertical| second difference of ``luma``'s inner
+    pixels (one fewer on each side), int32: at most 4 * 4 * 255, so any 5x5 sum is exact."""
     centre = luma[1:-1, 1:-1]
-    laplacian = np.abs(
-        4 * centre - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
-    )
-    return _box_sum(laplacian, 2 * (HALO - 1) + 1)
+    out = 2 * (across + down) * centre
+    if across:
+        out -= luma[1:-1, :-2]
+        out -= luma[1:-1, 2:]
+    if down:
+        out -= luma[:-2, 1:-1]
+        out -= luma[2:, 1:-1]
+    return np.abs(out, out=out)
 
 
 def _kinds(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
@@ -461,13 +482,12 @@ def _kinds(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     ``BRIGHT``.
     """
     luma = _luma(block)
-    centre = luma[1:-1, 1:-1]
-    across = _box_sum(np.abs(2 * centre - luma[1:-1, :-2] - luma[1:-1, 2:]), 2 * HALO - 1)
-    down = _box_sum(np.abs(2 * centre - luma[:-2, 1:-1] - luma[2:, 1:-1]), 2 * HALO - 1)
+    across = _box_sum(_second_difference(luma, 1, 0), 2 * HALO - 1)
+    down = _box_sum(_second_difference(luma, 0, 1), 2 * HALO - 1)
     kind = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
     if shape.bands == 2:
         kind = 2 * kind + (luma[HALO:-HALO, HALO:-HALO] >= BRIGHT)
-    return _activity(luma).ravel(), kind.ravel().astype(np.int64)
+    return _activity(luma).ravel().astype(np.int64), kind.ravel().astype(np.int64)
 
 
 def _classes(levels: np.ndarray, kinds: np.ndarray, thresholds, shape: Shape) -> np.ndarray:
@@ -488,36 +508,27 @@ def _inputs(block: np.ndarray, shape: Shape, clip: int) -> np.ndarray:
     (small integers, exact): for each channel and tap k of the shape, clip(x[p + k] - x[p])
     + clip(x[p - k] - x[p]) (row channel * taps + k), then (shapes with colour) the offset's
     input and R, G and B - 128. A channel's filter takes some of these rows
-    (``_rows_of_channels``), so one product of all of them serves the three channels."""
-    ahead, behind, rest = _differences(block, shape)
-    return np.concatenate([_clipped_sum(ahead, behind, clip), rest])
+    (``_rows_of_channels``), so one product of all of them serves the three channels.
 
-
-def _clipped_sum(ahead: np.ndarray, behind: np.ndarray, clip: int) -> np.ndarray:
-    """clip(ahead, -clip, clip) + clip(behind, -clip, clip); no clipping at ``NO_CLIP``."""
-    if clip >= NO_CLIP:
-        return ahead + behind
-    return np.clip(ahead, -clip, clip) + np.clip(behind, -clip, clip)
-
-
-def _differences(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_inputs`` before clipping: x[p + k] - x[p] and x[p - k] - x[p] for each channel and
-    tap k, (3 * taps, h * w) float32 each, and the rows after the taps' (4 or none)."""
+    The clip is odd, so clip(x[p - k] - x[p]) = -d(p - k) with d(q) = clip(x[q + k] - x[q]):
+    one difference and one clip per tap, over the inner pixels and their shift by -k.
+    """
     h, w = block.shape[0] - 2 * HALO, block.shape[1] - 2 * HALO
-    x = np.moveaxis(block, -1, 0).astype(np.float32)
-    centre = x[:, HALO : HALO + h, HALO : HALO + w]
+    x = np.moveaxis(block, -1, 0).astype(np.int16)
     taps = len(shape.taps)
-    ahead, behind = np.empty((2, 3, taps, h, w), np.float32)
-    for k, (dy, dx) in enumerate(shape.taps):
-        np.subtract(x[:, HALO + dy : HALO + dy + h, HALO + dx : HALO + dx + w], centre, ahead[:, k])
-        np.subtract(
-            x[:, HALO - dy : HALO - dy + h, HALO - dx : HALO - dx + w], centre, behind[:, k]
-        )
-    rest = np.empty((_input_rows(shape) - 3 * taps, h, w), np.float32)
+    out = np.empty((_input_rows(shape), h, w), np.float32)
+    for k, (dy, dx) in enumerate(shape.taps):  # dy >= 0: one half of the diamond
+        left, right = max(dx, 0), -min(dx, 0)  # d's extra columns on each side
+        here = x[:, HALO - dy : HALO + h, HALO - left : HALO + w + right]
+        d = x[:, HALO : HALO + h + dy, HALO - left + dx : HALO + w + right + dx] - here
+        if clip < NO_CLIP:
+            np.clip(d, -clip, clip, out=d)
+        ahead, behind = d[:, dy:, left : left + w], d[:, :h, right : right + w]
+        np.subtract(ahead, behind, out=out[k : 3 * taps : taps])
     if shape.colour:
-        rest[0] = OFFSET_UNIT
-        np.subtract(centre, 128, out=rest[1:])
-    return ahead.reshape(3 * taps, h * w), behind.reshape(3 * taps, h * w), rest.reshape(-1, h * w)
+        out[3 * taps] = OFFSET_UNIT
+        np.subtract(x[:, HALO : HALO + h, HALO : HALO + w], 128, out=out[3 * taps + 1 :])
+    return out.reshape(len(out), h * w)
 
 
 def _input_rows(shape: Shape) -> int:
@@ -555,10 +566,10 @@ def _edge_rows(pixels: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
-    """Filter (h, w, 3) uint8 ``pixels`` in place, strip by strip."""
+    """Filter (h, w, 3) uint8 ``pixels`` in place, strip by strip, a strip per core at once
+    (numpy releases the GIL in the arithmetic; the result does not depend on the order)."""
     height, width = pixels.shape[:2]
     shape = restoration.shape
-    above = _edge_rows(pixels, -HALO, 0)
     mapping = restoration.mapping.ravel().astype(np.int64)
     filters = restoration.coefficients.shape[1]
     # Every channel's filters, one below the other, spread over the rows of ``_inputs``
@@ -567,24 +578,52 @@ def apply(pixels: np.ndarray, restoration: RestorationFilter) -> None:
     for c, rows in enumerate(_rows_of_channels(shape)):
         table[c][:, rows] = restoration.coefficients[c]
     table = table.reshape(3 * filters, -1)
-    for top, bottom in _strips(height, width):
-        rows = np.concatenate(
-            [above, pixels[top:bottom], _edge_rows(pixels, bottom, bottom + HALO)]
-        )
+
+    def filter_strip(top: int, rows: np.ndarray) -> None:
+        """Filter the strip whose unfiltered ``rows`` (with HALO more above and below)
+        start at row ``top``."""
         block = np.pad(rows, ((0, 0), (HALO, HALO), (0, 0)), mode="edge")
-        # The HALO unfiltered rows above the next strip (some may lie in earlier strips).
-        above = rows[bottom - top : bottom - top + HALO].copy()
-        which = mapping[classes(block, restoration.thresholds, shape)][None]
+        which = mapping[classes(block, restoration.thresholds, shape)]
         # The products are integers and every partial sum stays below 2**24, so float32
         # (and BLAS, in any order) computes them exactly.
         responses = (table @ _inputs(block, shape, restoration.clip)).reshape(3, filters, -1)
-        own = rows[HALO:-HALO].astype(np.int32)
+        pixel = np.arange(len(which))
+        own = rows[HALO:-HALO].reshape(-1, 3)
         for c in range(3):  # each pixel's own filter's response
-            correction = np.take_along_axis(responses[c], which, 0).reshape(bottom - top, width)
-            rounded = (correction.astype(np.int32) + (1 << (COEFFICIENT_SHIFT - 1))) >> (
-                COEFFICIENT_SHIFT
-            )
-            pixels[top:bottom, :, c] = np.clip(own[..., c] + rounded, 0, 255)
+            out = responses[c, which, pixel].astype(np.int32)
+            out += 1 << (COEFFICIENT_SHIFT - 1)
+            out >>= COEFFICIENT_SHIFT
+            out += own[:, c]
+            np.clip(out, 0, 255, out=out)
+            pixels[top : top + len(rows) - 2 * HALO, :, c] = out.reshape(-1, width)
+
+    strips = list(_strips(height, width))
+    workers = min(_workers(), len(strips))
+    above = _edge_rows(pixels, -HALO, 0)
+    with ThreadPoolExecutor(workers) as pool:
+        for first in range(0, len(strips), workers):
+            # Each strip of a batch copies its unfiltered rows and halo before any is filtered.
+            batch = []
+            for top, bottom in strips[first : first + workers]:
+                rows = np.concatenate(
+                    [above, pixels[top:bottom], _edge_rows(pixels, bottom, bottom + HALO)]
+                )
+                # The HALO unfiltered rows above the next strip (some may lie in earlier ones).
+                above = rows[bottom - top : bottom - top + HALO].copy()
+                batch.append((top, rows))
+            for done in [pool.submit(filter_strip, top, rows) for top, rows in batch]:
+                done.result()
+
+
+def _workers() -> int:
+    """Strips filtered at once: ``KAE_NUM_THREADS`` if set, else the cores this process may
+    run on."""
+    if threads():
+        return threads()
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def rate_per_db(bpp: float) -> float:
@@ -678,12 +717,9 @@ class Fit:
                 target = original[top:bottom].reshape(-1, 3)[at].T.astype(np.float64)
                 target -= strip[HALO:-HALO, HALO:-HALO].reshape(-1, 3)[at].T
                 error += float(np.sum(target * target))
-                # np.take: twice as fast as indexing here
-                ahead, behind, rest = (np.take(d, at, 1) for d in _differences(strip, shape))
-                inputs = np.empty((len(at), rows))  # a pixel's inputs side by side, a row each
-                inputs[:, len(ahead) :] = rest.T
                 for clip, gram, product in zip(clips, grams, products, strict=True):
-                    inputs[:, : len(ahead)] = _clipped_sum(ahead, behind, clip).T
+                    # a pixel's inputs side by side, a row each (np.take: faster than indexing)
+                    inputs = np.take(_inputs(strip, shape, clip), at, 1).T.astype(np.float64)
                     for k in np.flatnonzero(np.diff(bounds)):  # the classes present
                         chunk = slice(bounds[k], bounds[k + 1])
                         gram[k] += inputs[chunk].T @ inputs[chunk]

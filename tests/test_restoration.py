@@ -104,9 +104,11 @@ def random_filter(
 
 @BOTH
 @pytest.mark.parametrize("strip_pixels", [40, 200, 1 << 18])
-def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixels, shape):
-    """In place, strip by strip (1-row strips, strips shorter than the halo, one strip):
-    exactly the whole-image integer reference, edges replicated."""
+@pytest.mark.parametrize("workers", [1, 3])
+def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixels, workers, shape):
+    """In place, strip by strip (1-row strips, strips shorter than the halo, one strip), one
+    strip at a time or three at once: exactly the whole-image integer reference, edges
+    replicated."""
     pixels = smooth_array(53, 37, seed=3, noise=12.0)
     pixels[10:20, 5:30] = 255 - pixels[10:20, 5:30]  # edges, so several classes are used
     pixels[25:, 40:] = (np.arange(13) % 2 * 200)[None, :, None]  # stripes both ways,
@@ -116,6 +118,7 @@ def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixe
     used = np.unique(restoration.classes(padded, filt.thresholds, shape))
     assert len(filt.thresholds) == 3 and set(range(shape.classes)) <= set(used % shape.classes)
     monkeypatch.setattr(restoration, "_STRIP_PIXELS", strip_pixels)
+    monkeypatch.setenv("KAE_NUM_THREADS", str(workers))
     out = pixels.copy()
     restoration.apply(out, filt)
     expected = reference_filter(pixels, filt)
@@ -177,6 +180,14 @@ def test_apply_extreme_values_stay_exact(shape):
 def test_shapes_must_be_exact_in_float32():
     with pytest.raises(ValueError, match="not exact"):
         Shape(9, 9, SHAPE_2.taps * 4, (0, 4), colour=True, bands=2, clipped=True)
+
+
+@pytest.mark.parametrize("tap", [(-1, 0), (0, -1), (0, 0)])
+def test_taps_are_one_half_of_the_diamond(tap):
+    """The filter reads x[p - k] - x[p] as the difference at p - k, so each tap names one
+    half of a point-symmetric pair, the lower one."""
+    with pytest.raises(ValueError, match="lower half"):
+        Shape(9, 9, (*SHAPE_2.taps[1:], tap), (0, 4), colour=True, bands=2, clipped=True)
 
 
 MAX = restoration.MAX_COEFFICIENT
