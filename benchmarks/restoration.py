@@ -1,7 +1,7 @@
 """The restoration filter's shapes, compared on the very same decoded pixels.
 
     python -m benchmarks.restoration [--folder DIR] [--every N] [--first K]
-                                     [--cache DIR] [--json OUT]
+                                     [--cache DIR] [--json OUT] [--encoder STAGES:CLIPS ...]
 
 Each image is saved at every anchor of the default quality ladder with ``restore=False``
 and decoded: the pixels any decoder sees before the filter. Those are cached (``--cache``),
@@ -13,6 +13,8 @@ on its output while they pay), and applied. Bytes count the file
 without a filter plus the ``KRST`` chunk (12 bytes of chunk framing and the filter's);
 PSNR on RGB, means per image. Prints each curve and the BD-rates between them (PCHIP, as
 ``kae bench``); images above 2 MP are fitted whole here, where the encoder samples windows.
+``--encoder 2:255,32,16`` adds the encoder's cascade with other settings (at most 2 filters,
+those clips) as a curve of its own, to weigh a change to ``STAGES`` or ``CLIPS``.
 """
 
 from __future__ import annotations
@@ -69,8 +71,20 @@ def unfiltered(path: Path, cache: Path) -> dict[str, np.ndarray]:
     return result
 
 
-def measure(data: dict[str, np.ndarray]) -> dict[str, list[tuple[float, float]]]:
-    """Per variant (and "none"), the (bpp, PSNR) of each anchor quality on one image."""
+def encoder_setting(text: str) -> tuple[int, tuple[int, ...]]:
+    """``STAGES:CLIPS`` (``2:255,32,16``) -> (2, (255, 32, 16))."""
+    stages, _, clips = text.partition(":")
+    try:
+        return int(stages), tuple(int(c) for c in clips.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not STAGES:CLIP,CLIP,...") from None
+
+
+def measure(
+    data: dict[str, np.ndarray], settings: tuple[tuple[int, tuple[int, ...]], ...] = ()
+) -> dict[str, list[tuple[float, float]]]:
+    """Per variant (and "none"), the (bpp, PSNR) of each anchor quality on one image;
+    ``settings``: the encoder's cascade again with (stages, clips) of each."""
     original = data["original"]
     height, width = original.shape[:2]
     halo = restoration.HALO
@@ -86,6 +100,10 @@ def measure(data: dict[str, np.ndarray]) -> dict[str, list[tuple[float, float]]]
             found[f"shape {code}"] = None if one is None else restoration.Restoration((one,))
         window = [((0, 0, width, height), decoded.copy())]
         found["encoder"] = restoration.fit_cascade(window, original, float(bits))
+        for most, clips in settings:
+            window = [((0, 0, width, height), decoded.copy())]
+            name = f"encoder {most}:{','.join(map(str, clips))}"
+            found[name] = restoration.fit_cascade(window, original, float(bits), most, clips)
         for name, filters in found.items():
             out, extra = decoded.copy(), 0
             if filters is not None:
@@ -104,12 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first", type=int, default=0, help="starting from this one")
     parser.add_argument("--cache", type=Path, default=Path("out/restoration-cache"))
     parser.add_argument("--json", type=Path, default=Path("out/restoration.json"))
+    parser.add_argument(
+        "--encoder",
+        type=encoder_setting,
+        action="append",
+        default=[],
+        help="STAGES:CLIPS, e.g. 2:255,32,16: the encoder's cascade with those settings too",
+    )
     args = parser.parse_args(argv)
     folder, paths = test_images(args.folder, args.every, args.first)
     print(f"images: {folder} ({len(paths)})")
     per_image = {}
     for path in tqdm(paths, desc="restoration"):
-        per_image[path.name] = measure(unfiltered(path, args.cache / Path(folder).name))
+        data = unfiltered(path, args.cache / Path(folder).name)
+        per_image[path.name] = measure(data, tuple(args.encoder))
     names = list(next(iter(per_image.values())))
     mean = {
         name: [tuple(v) for v in np.mean([c[name] for c in per_image.values()], axis=0)]
@@ -124,11 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{test} vs {anchor}": paired_bd_rate(mean[anchor], mean[test])
         for anchor in names
         for test in names
-        if anchor != test and anchor in ("none", "shape 2")
+        if anchor != test and (anchor in ("none", "shape 2") or anchor.startswith("encoder "))
     }
     print("\nBD-rate at equal PSNR (bpp / PSNR means above):")
     for pair, value in bd.items():
-        print(f"  {pair:<24} {value:+.2f} %")
+        print(f"  {pair:<40} {value:+.2f} %")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"folder": folder, "images": list(per_image), "qualities": qualities}
     args.json.write_text(json.dumps(report | {"mean": mean, "bd_rate": bd}, indent=1))

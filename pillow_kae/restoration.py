@@ -647,11 +647,14 @@ class Fit:
     clip, the activity bins, the classes' filters and their number, whose gain best pays for
     its bytes. ``shapes`` are those it may pick from; by default the latest, and on images of
     at most ``SMALL_IMAGE_PIXELS`` also shape 1, whose fewer coefficients may pay better
-    where the file is small.
+    where the file is small; ``clips`` those it tries (by default ``CLIPS``).
     """
 
-    def __init__(self, shapes: tuple[Shape, ...] | None = None) -> None:
+    def __init__(
+        self, shapes: tuple[Shape, ...] | None = None, clips: tuple[int, ...] | None = None
+    ) -> None:
         self.shapes = shapes
+        self.clips = clips or CLIPS
         self._blocks: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, block: np.ndarray, original: np.ndarray) -> None:
@@ -683,9 +686,9 @@ class Fit:
         fine = (len(thresholds) + 1) * shape.classes
         clip = NO_CLIP
         if shape.clipped:  # the clip that removes most error, judged on a sample
-            normals, rights, _ = self._statistics(shape, which, fine, CLIPS, CLIP_SAMPLE)
+            normals, rights, _ = self._statistics(shape, which, fine, self.clips, CLIP_SAMPLE)
             removed = [_solve(n, r)[1].sum() for n, r in zip(normals, rights, strict=True)]
-            clip = CLIPS[int(np.argmax(removed))]
+            clip = self.clips[int(np.argmax(removed))]
         (normal,), (right,), error = self._statistics(shape, which, fine, (clip,), 1)
         return _merge(thresholds, normal, right, error, bits_per_db, len(levels), shape, clip)
 
@@ -826,22 +829,25 @@ def fit_cascade(
     windows: list[tuple[tuple[int, int, int, int], np.ndarray]],
     original: np.ndarray,
     coded_bits: float,
+    most: int | None = None,
+    clips: tuple[int, ...] | None = None,
 ) -> Restoration | None:
     """The filters for an image of ``original`` (h, w, 3) pixels whose decoded pixels are
     ``windows`` ((left, top, right, bottom) box, (h, w, 3) uint8: the whole image, or a
     sample of windows of it), coded in ``coded_bits``; None if none pays.
 
     Each further stage of the cascade is fitted on the windows as the stages before it
-    filtered them (in place), while it pays, up to ``STAGES``.
+    filtered them (in place), while it pays, up to ``most`` (by default ``STAGES``); each
+    stage clips at the best of ``clips`` (by default ``CLIPS``), if its shape clips.
     """
     stages: list[RestorationFilter] = []
-    for _ in range(STAGES):
+    for _ in range(STAGES if most is None else most):
         if stages:  # the next stage sees the windows as the stages before leave them
             if len(stages) == stages[-1].shape.max_stages:
                 break
             for _, window in windows:
                 apply(window, stages[-1])
-        fit = Fit((stages[-1].shape,) if stages else None)
+        fit = Fit((stages[-1].shape,) if stages else None, clips)
         for box, window in windows:
             block = _window_block(box, window, original, len(stages))
             if block is not None:
