@@ -23,7 +23,7 @@ with c, c_o and m in 1/256ths (shape 1: no offset, no colour matrix, no clipping
 filter itself is exact on every machine (the pixels it starts from come from floating-point
 g_s). Clipping the differences keeps an edge from leaking into the flat area beside it (ALF's
 non-linear filter). Edges replicate, and the image is filtered in strips of rows in place:
-memory is a strip, and the result does not depend on the strip height.
+memory is a strip per core, and the result does not depend on the strip height.
 """
 
 from __future__ import annotations
