@@ -460,21 +460,20 @@ def activity(block: np.ndarray) -> np.ndarray:
 
 
 def _activity(luma: np.ndarray) -> np.ndarray:
-    return _box_sum(_second_difference(luma, 1, 1), 2 * (HALO - 1) + 1)
+    across, down = _second_differences(luma)
+    return _box_sum(np.abs(across + down), 2 * (HALO - 1) + 1)
 
 
-def _second_difference(luma: np.ndarray, across: int, down: int) -> np.ndarray:
-    """|Laplacian| (both 1), |horizontal| or |vertical| second difference of ``luma``'s inner
-    pixels (one fewer on each side), int32: at most 4 * 4 * 255, so any 5x5 sum is exact."""
-    centre = luma[1:-1, 1:-1]
-    out = 2 * (across + down) * centre
-    if across:
-        out -= luma[1:-1, :-2]
-        out -= luma[1:-1, 2:]
-    if down:
-        out -= luma[:-2, 1:-1]
-        out -= luma[2:, 1:-1]
-    return np.abs(out, out=out)
+def _second_differences(luma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The horizontal and vertical second differences of ``luma``'s inner pixels (one fewer
+    on each side), int32; their sum is the Laplacian. At most 4 * 4 * 255 in magnitude, so
+    any 5x5 sum is exact."""
+    centre = 2 * luma[1:-1, 1:-1]
+    across = centre - luma[1:-1, :-2]
+    across -= luma[1:-1, 2:]
+    down = centre - luma[:-2, 1:-1]
+    down -= luma[2:, 1:-1]
+    return across, down
 
 
 def _kinds(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
@@ -486,12 +485,14 @@ def _kinds(block: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     ``BRIGHT``.
     """
     luma = _luma(block)
-    across = _box_sum(_second_difference(luma, 1, 0), 2 * HALO - 1)
-    down = _box_sum(_second_difference(luma, 0, 1), 2 * HALO - 1)
+    second_across, second_down = _second_differences(luma)
+    levels = _box_sum(np.abs(second_across + second_down), 2 * (HALO - 1) + 1)
+    across = _box_sum(np.abs(second_across), 2 * HALO - 1)
+    down = _box_sum(np.abs(second_down), 2 * HALO - 1)
     kind = np.where(across > 2 * down, 1, np.where(down > 2 * across, 2, 0))
     if shape.bands == 2:
         kind = 2 * kind + (luma[HALO:-HALO, HALO:-HALO] >= BRIGHT)
-    return _activity(luma).ravel().astype(np.int64), kind.ravel().astype(np.int64)
+    return levels.ravel().astype(np.int64), kind.ravel().astype(np.int64)
 
 
 def _classes(levels: np.ndarray, kinds: np.ndarray, thresholds, shape: Shape) -> np.ndarray:
