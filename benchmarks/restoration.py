@@ -98,11 +98,11 @@ def measure(
             fit.add(block, original)
             one = fit.solve(float(bits))
             found[f"shape {code}"] = None if one is None else restoration.Restoration((one,))
-        window = [((0, 0, width, height), decoded.copy())]
-        found["encoder"] = restoration.fit_cascade(window, original, float(bits))
-        for most, clips in settings:
+        encoders = {"encoder": (None, None)} | {
+            f"encoder {most}:{','.join(map(str, clips))}": (most, clips) for most, clips in settings
+        }
+        for name, (most, clips) in encoders.items():
             window = [((0, 0, width, height), decoded.copy())]
-            name = f"encoder {most}:{','.join(map(str, clips))}"
             found[name] = restoration.fit_cascade(window, original, float(bits), most, clips)
         for name, filters in found.items():
             out, extra = decoded.copy(), 0
