@@ -127,10 +127,13 @@ def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixe
 
 
 @pytest.mark.parametrize("every", [1, 3])
-def test_fit_statistics_are_the_normal_equations(monkeypatch, every):
-    """Over several blocks, strip by strip, on every pixel or on a sample: per class and
-    channel, exactly X^T X and X^T (original - decoded) of the filter's inputs X."""
+@pytest.mark.parametrize("workers", [1, 3])
+def test_fit_statistics_are_the_normal_equations(monkeypatch, every, workers):
+    """Over several blocks, strip by strip, on every pixel or on a sample, the strips shared
+    among one or three threads: per class and channel, exactly X^T X and X^T (original -
+    decoded) of the filter's inputs X."""
     monkeypatch.setattr(restoration, "_STRIP_PIXELS", 200)  # many strips per block
+    monkeypatch.setenv("KAE_NUM_THREADS", str(workers))
     shape, clips, thresholds = LATEST, (restoration.NO_CLIP, 9), (40, 400)
     rng, fit = np.random.default_rng(5), Fit((LATEST,))
     blocks = []
