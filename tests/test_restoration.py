@@ -126,6 +126,31 @@ def test_apply_is_the_integer_filter_whatever_the_strips(monkeypatch, strip_pixe
     assert not np.array_equal(out, pixels)
 
 
+def test_blas_runs_on_one_thread_while_the_strips_run_and_as_before_after(monkeypatch):
+    """The strips' own threads are the parallelism: numpy's BLAS runs on one thread in them
+    (filter and fit alike), and the caller's BLAS settings come back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    for name in ("_inputs", "_gathered_inputs"):
+        inner = getattr(restoration, name)
+        monkeypatch.setattr(
+            restoration, name, lambda *a, inner=inner: seen.append(blas_threads()) or inner(*a)
+        )
+    before = blas_threads()
+    decoded = smooth_array(64, 48, seed=2, noise=12.0)
+    original = np.clip(decoded + np.random.default_rng(1).integers(-9, 10, decoded.shape), 0, 255)
+    found = restoration.fit_cascade(
+        [((0, 0, 48, 64), decoded.copy())], original.astype(np.uint8), 8e4
+    )
+    assert found is not None  # the fit ran, and so did the filter between its stages
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
+
+
 @pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_fit_statistics_are_the_normal_equations(monkeypatch, every, workers):
