@@ -73,6 +73,24 @@ class KaeImageFile(ImageFile.ImageFile):
         self.info.update(metadata)
         self.tile = [ImageFile._Tile("kae", (0, 0, *self.size), 0, None)]
 
+    def verify(self) -> None:
+        """Check the whole file without decoding it, as PNG's ``verify`` does: every chunk's
+        CRC, their order and counts, and the restoration filters' coding and shape. Opening
+        reads the header alone, so without this a damaged tile would pass the usual
+        ``verify()`` scan of a folder and fail only on ``load()``. No model is loaded."""
+        if self.fp is None:
+            raise RuntimeError("verify must be called directly after open")
+        from pillow_kae import restoration
+
+        self.fp.seek(0)
+        try:
+            kae = container.read(self.fp)
+            if kae.restoration is not None:
+                restoration.Restoration.unpack(kae.restoration).check_version(kae.header.version)
+        except (container.KaeFormatError, ValueError) as err:
+            raise SyntaxError(f"broken KAE file: {err}") from err
+        super().verify()
+
 
 def _check_padded_size(width: int, height: int) -> None:
     """Pillow's decompression-bomb check on the padded area, which is what the decoder pays.

@@ -47,7 +47,6 @@ import numpy as np
 from pillow_kae import metrics, restoration
 from pillow_kae.container import (
     CHANNEL_CONDITIONAL_VERSION,
-    COMPACT_VERSION,
     FINE_GAIN_VERSION,
     coding_version,
 )
@@ -833,14 +832,13 @@ def decode_image(
     ``restoration_filters`` (the file's ``KRST``, versions 5 to 8) applied in place."""
     if model.kind == "seed-dense" and gain_step:
         raise TileDecodeError("the seed-dense model codes only at gain step 0")
-    if restoration_filters is not None and (
-        model.kind == "seed-dense"
-        or (version < COMPACT_VERSION and version != restoration_filters.version)
-    ):
-        raise TileDecodeError(
-            f"a shape {restoration_filters.shape.code} restoration filter in a version "
-            f"{version} file"
-        )
+    if restoration_filters is not None:
+        if model.kind == "seed-dense":
+            raise TileDecodeError("restoration filters in a file of the seed-dense model")
+        try:
+            restoration_filters.check_version(version)
+        except ValueError as err:
+            raise TileDecodeError(str(err)) from err
     version = coding_version(version)
     fine = version >= FINE_GAIN_VERSION  # codes as the model does, slices or not
     if not fine and bool(model.slices) != (version == CHANNEL_CONDITIONAL_VERSION):

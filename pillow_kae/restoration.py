@@ -42,6 +42,7 @@ from threadpoolctl import ThreadpoolController
 from pillow_kae.container import (
     CASCADE_RESTORATION_VERSION,
     COLOUR_RESTORATION_VERSION,
+    COMPACT_VERSION,
     RESTORATION_VERSION,
 )
 from pillow_kae.runtime.session import threads
@@ -311,6 +312,14 @@ class Restoration:
     def version(self) -> int:
         """The KHDR format version of files that carry it."""
         return self.shape.version
+
+    def check_version(self, version: int) -> None:
+        """Raise ``ValueError`` unless a file of format ``version`` may carry these filters:
+        up to version 7 each shape belongs to its own version, from version 8 any shape does."""
+        if version < COMPACT_VERSION and version != self.version:
+            raise ValueError(
+                f"a shape {self.shape.code} restoration filter in a version {version} file"
+            )
 
     def pack(self) -> bytes:
         """``KRST`` chunk data: the filters, packed one after another (docs/format.md §7)."""

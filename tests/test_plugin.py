@@ -449,6 +449,25 @@ def test_save_and_open_path(tmp_path, small_rgb, small_kae):
         assert im.size == small_rgb.size
 
 
+def test_verify_checks_every_chunk_without_loading_a_model(small_kae, monkeypatch):
+    """Opening reads the header alone; ``verify()`` reads the rest, as PNG's does, so a
+    damaged tile fails the usual scan of a folder, not only a later ``load()``."""
+    from pillow_kae.zoo import loader
+
+    monkeypatch.setattr(loader, "load", lambda *a, **k: pytest.fail("verify loaded a model"))
+    im = Image.open(io.BytesIO(small_kae))
+    im.verify()
+    assert im.fp is None
+    damaged = bytearray(small_kae)
+    damaged[-5] ^= 0x10  # the last byte of the last tile's payload
+    with Image.open(io.BytesIO(bytes(damaged))) as im:  # its header is intact
+        assert im.size == (20, 20)
+        with pytest.raises(SyntaxError, match="broken KAE file: CRC mismatch in KTIL"):
+            im.verify()
+    with pytest.raises(SyntaxError, match="broken KAE file: file truncated"):
+        Image.open(io.BytesIO(small_kae[:-3])).verify()
+
+
 def test_failed_save_leaves_no_file(tmp_path, small_rgb):
     path = tmp_path / "bad.kae"
     with pytest.raises(OSError, match="cannot write mode"):

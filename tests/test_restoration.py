@@ -471,6 +471,8 @@ def test_restoration_chunk_rules(monkeypatch, as_version):
     bad = container._chunk(container.KRST, b"\x01\x01\x01" + bytes(5))
     with pytest.raises(OSError, match=r"broken KAE file.*truncated after"):
         decode(container.SIGNATURE + head + bad + tiles + end)
+    with pytest.raises(SyntaxError, match=r"broken KAE file.*truncated after"):
+        Image.open(io.BytesIO(container.SIGNATURE + head + bad + tiles + end)).verify()
     # Version 8 ends with its last tile: a KRST after it is not part of the file.
     eight = container.SIGNATURE + container._chunk(container.KHDR, compact.pack())
     assert container.read(io.BytesIO(eight + tiles + krst)).restoration is None
@@ -482,6 +484,9 @@ def test_restoration_chunk_rules(monkeypatch, as_version):
     zero = container._chunk(container.KRST, shape_1.pack())
     with pytest.raises(OSError, match="shape 1 restoration filter in a version 7 file"):
         decode(container.SIGNATURE + head + zero + tiles + end)
+    with pytest.raises(SyntaxError, match="shape 1 restoration filter in a version 7 file"):
+        Image.open(io.BytesIO(container.SIGNATURE + head + zero + tiles + end)).verify()
+    Image.open(io.BytesIO(eight + zero + tiles)).verify()
     assert np.array_equal(
         np.asarray(decode(eight + zero + tiles)), np.asarray(decode(eight + tiles))
     )
