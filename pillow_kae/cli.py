@@ -33,8 +33,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from pillow_kae import __version__, convert
 from pillow_kae import zoo as model_zoo
 from pillow_kae.container import (
@@ -131,9 +129,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     _wants(args.jobs, None, "--jobs")
     src, dst = single
     try:
-        fmt = args.format.upper() if args.format else convert.output_format(dst)
-        if fmt not in Image.SAVE:
-            raise ValueError(f"Pillow cannot write {fmt!r} files")
+        fmt = convert.writable_format(args.format) if args.format else convert.output_format(dst)
     except ValueError as err:
         raise CliError(str(err)) from err
     convert.decode_file(src, dst, fmt)

@@ -87,11 +87,22 @@ def output_format(path: Path) -> str:
     return fmt
 
 
-def format_extension(fmt: str) -> str:
-    """The usual extension of a Pillow format that can be written (``png`` -> ``.png``)."""
+def writable_format(fmt: str) -> str:
+    """``fmt`` as Pillow names it (``png`` -> ``PNG``), if Pillow can write it.
+
+    ``Image.SAVE`` fills as Pillow loads its plugins, which a fresh process has not done
+    yet (only opening or saving a file, or ``registered_extensions``, loads them all).
+    """
+    Image.init()
     fmt = fmt.upper()
     if fmt not in Image.SAVE:
         raise ValueError(f"Pillow cannot write {fmt!r} files")
+    return fmt
+
+
+def format_extension(fmt: str) -> str:
+    """The usual extension of a Pillow format that can be written (``png`` -> ``.png``)."""
+    fmt = writable_format(fmt)
     extensions = [ext for ext, name in Image.registered_extensions().items() if name == fmt]
     preferred = f".{fmt.lower()}"
     return preferred if preferred in extensions else sorted(extensions)[0]

@@ -113,6 +113,23 @@ def test_encode_writes_kae_whatever_the_extension(
     assert (header.model_name, header.quality) == ("kae-low", 5)
 
 
+def test_decode_format_in_a_fresh_process(encoded: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--format`` is checked against Pillow's writers before any file has been opened,
+    when a fresh process has not loaded Pillow's plugins yet."""
+    kae = encoded[1]
+    for argv, out in (
+        (["decode", str(kae), str(tmp_path / "x.bin"), "--format", "png"], tmp_path / "x.bin"),
+        (
+            ["decode", str(kae), "-o", str(tmp_path / "d"), "--format", "png", "--jobs", "1"],
+            tmp_path / "d" / "gradient.png",
+        ),
+    ):
+        result = _run_without_tf(argv)
+        assert result.returncode == 0, result.stderr
+        with Image.open(out) as im:
+            assert im.format == "PNG" and im.size == (WIDTH, HEIGHT)
+
+
 # --------------------------------------------------------------------------
 # info / models
 
