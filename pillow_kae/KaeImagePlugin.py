@@ -10,13 +10,16 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from pillow_kae import container
 from pillow_kae.zoo import quality as quality_ladder
+
+if TYPE_CHECKING:
+    from pillow_kae.restoration import Restoration
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +83,11 @@ class KaeImageFile(ImageFile.ImageFile):
         ``verify()`` scan of a folder and fail only on ``load()``. No model is loaded."""
         if self.fp is None:
             raise RuntimeError("verify must be called directly after open")
-        from pillow_kae import restoration
-
-        self.fp.seek(0)
         try:
-            kae = container.read(self.fp)
-            if kae.restoration is not None:
-                restoration.Restoration.unpack(kae.restoration).check_version(kae.header.version)
-        except (container.KaeFormatError, ValueError) as err:
+            kae, filters = _read_file(self.fp)
+            if filters is not None:
+                filters.check_version(kae.header.version)
+        except ValueError as err:
             raise SyntaxError(f"broken KAE file: {err}") from err
         super().verify()
 
@@ -127,18 +127,29 @@ class KaeDecoder(ImageFile.PyDecoder):
 
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
         assert self.fd is not None
-        self.fd.seek(0)
         try:
-            kae = container.read(self.fd)
-        except container.KaeFormatError as err:
+            kae, filters = _read_file(self.fd)
+        except ValueError as err:
             raise OSError(f"broken KAE file: {err}") from err
-        pixels = _decode_pixels(kae)
+        pixels = _decode_pixels(kae, filters)
         self.set_as_raw(memoryview(np.ascontiguousarray(pixels)).cast("B"), self.mode)
         return -1, 0
 
 
-def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
-    from pillow_kae import codec, restoration
+def _read_file(fp: IO[bytes]) -> tuple[container.KaeFile, Restoration | None]:
+    """The whole file from its start, every chunk checked, and its restoration filters
+    parsed; a ``ValueError`` (``KaeFormatError`` among them) if it is broken."""
+    from pillow_kae import restoration
+
+    fp.seek(0)
+    kae = container.read(fp)
+    if kae.restoration is None:
+        return kae, None
+    return kae, restoration.Restoration.unpack(kae.restoration)
+
+
+def _decode_pixels(kae: container.KaeFile, restoration_filters: Restoration | None) -> np.ndarray:
+    from pillow_kae import codec
     from pillow_kae.zoo import loader
 
     header = kae.header
@@ -149,12 +160,6 @@ def _decode_pixels(kae: container.KaeFile) -> np.ndarray:
         raise OSError(f"KAE header does not match model {header.model_name!r}")
     if header.tile_size > codec.MAX_TILE_SIZE:
         raise OSError(f"KAE tile size {header.tile_size} exceeds {codec.MAX_TILE_SIZE}")
-    restoration_filters = None
-    if kae.restoration is not None:
-        try:
-            restoration_filters = restoration.Restoration.unpack(kae.restoration)
-        except ValueError as err:
-            raise OSError(f"broken KAE file: {err}") from err
     rgb = codec.decode_image(
         model,
         kae.tiles,
