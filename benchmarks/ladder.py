@@ -1,11 +1,16 @@
 """Sweep every installed model over latent gain steps; the figures behind zoo/quality.LADDER.
 
-python -m benchmarks.ladder [--steps -8 -6 -4 -2 0 2] [--every 2]
+python -m benchmarks.ladder [--steps -8 -6 -4 -2 0 2] [--every 2] [--folder DIR]
+
+Steps far above a model's range (``--steps 8 16 24``) show its transforms' ceiling: the
+PSNR its g_a and g_s reach when the latents are all but lossless, which no gain step or
+entropy model can pass.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -18,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[-8, -6, -4, -2, 0, 2])
     parser.add_argument("--every", type=int, default=2, help="use every n-th image")
     parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument("--folder", type=Path, default=None, help="default: Kodak")
     args = parser.parse_args(argv)
-    folder, paths = test_images(every=args.every)
+    folder, paths = test_images(args.folder, args.every)
     print(f"images: {folder} ({len(paths)})")
     print(f"{'model':<10} {'step':>5} {'bpp':>7} {'PSNR':>7} {'JPEG':>7} {'gain dB':>8}")
     for name in args.models or sorted(installed()):
